@@ -1,0 +1,1 @@
+"""Triton kernels of scalegan, installed as ``scalegan.kernels`` (never as a bare ``kernels``)."""
