@@ -1,0 +1,134 @@
+"""`scalegan pack | train | generate`: parse, load the config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"scalegan: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from scalegan.data.pack import PackError, pack_folder
+
+    try:
+        if args.src == "demo":
+            from scalegan.data.demo import pack_demo
+
+            summary = pack_demo(args.out, resolution=args.resolution or 32,
+                                shard_size=args.shard_size or 25)
+        else:
+            if not args.resolution:
+                return _fail("--resolution is required (e.g. --resolution 256)")
+            summary = pack_folder(args.src, args.out, args.resolution,
+                                  shard_size=args.shard_size or 1000, fit=args.fit)
+    except PackError as e:
+        return _fail(str(e))
+    print(summary.to_text())
+    return 0
+
+
+def _describe_models(cfg) -> str:
+    from scalegan.models import build_models, count_parameters
+
+    G, D = build_models(cfg.model)
+    g, d = count_parameters(G), count_parameters(D)
+    return (f"model {cfg.model.arch} {cfg.model.resolution}x{cfg.model.resolution}: "
+            f"G {g:,} parameters ({g / 1e6:.1f}M), D {d:,} parameters ({d / 1e6:.1f}M)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scalegan.config import ConfigError, load_config
+    from scalegan.data.pipeline import DataError, expand_shards
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    if args.dry_run:
+        print(_describe_models(cfg))
+        return 0
+    try:
+        expand_shards(cfg.data.shards)
+    except DataError as e:
+        return _fail(str(e))
+
+    from scalegan.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    print(_describe_models(cfg), file=sys.stderr)
+    try:
+        trainer.train(max_steps=args.max_steps)
+    except DataError as e:
+        return _fail(str(e))
+    finally:
+        trainer.close()
+    run = cfg.run_dir
+    print(f"run directory : {run}")
+    print(f"sample grid   : {run / 'samples' / 'latest.png'}")
+    print(f"metrics       : {run / 'metrics.jsonl'}")
+    print(f"checkpoint    : {run / 'checkpoints' / 'latest'}")
+    wandb_runs = sorted((run / "wandb").glob("*run-*")) if (run / "wandb").is_dir() else []
+    if wandb_runs:
+        print(f"W&B run       : {wandb_runs[-1]}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from scalegan.generate import generate
+
+    try:
+        paths = generate(args.checkpoint, num=args.num, out=args.out, seed=args.seed,
+                         individual=args.individual)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    print(f"wrote {paths[0]}" if len(paths) == 1 else f"wrote {len(paths)} images to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalegan", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pack", help="image folder (or 'demo') -> WebDataset tar shards")
+    p.add_argument("src", help="folder of jpg/png/webp/bmp images, or 'demo' for built-in faces")
+    p.add_argument("out", help="output directory for NNNNNN.tar shards and index.json")
+    p.add_argument("--resolution", type=int, default=None, help="square side in pixels")
+    p.add_argument("--shard-size", type=int, default=None, help="samples per shard (1000)")
+    p.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                   help="non-square images: centre-crop (default) or pad with black")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("train", help="train a GAN from a YAML config and key.sub=value overrides")
+    p.add_argument("config", help="YAML config, e.g. configs/demo_faces32_pggan.yaml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--dry-run", action="store_true", help="print model sizes and exit")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="images from a checkpoint's G_ema")
+    p.add_argument("checkpoint", help="checkpoint dir, its 'latest' link, or a run directory")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--out", default="grid.png", help="grid PNG path (or folder with --individual)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--individual", action="store_true", help="one PNG per image in --out")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

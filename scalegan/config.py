@@ -1,0 +1,345 @@
+"""One typed configuration tree for every scalegan command.
+
+Values are merged in this order: dataclass defaults -> YAML file -> ``a.b=c`` command-line overrides.
+Every field is documented where it is declared and validated in ``__post_init__`` (types by
+``_coerce``), so a bad value fails before any work starts with a message that names the key.
+The resolved tree is written to the run directory and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range; names the key."""
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["progressive", "dcgan"] = "progressive"
+    """progressive: PGGAN-style growing G/D (fade-in, equalized LR, pixel norm, minibatch stddev);
+    dcgan: a fixed-resolution DCGAN pair."""
+    resolution: int = 256
+    """Final image side in pixels; a power of two from 8 to 1024."""
+    img_channels: int = 3
+    """Image channels (3 for RGB)."""
+    latent_dim: int = 512
+    """Size of the latent vector z."""
+    channel_base: int = 16384
+    """Feature maps at resolution r are min(channel_base // r, channel_max): 16384/512 gives the
+    PGGAN 1024^2 schedule (512 up to 32^2, then 256, 128, 64, 32, 16)."""
+    channel_max: int = 512
+    """Upper bound on feature maps at any resolution."""
+    mbstd_group_size: int = 4
+    """Minibatch-stddev group size in D (0 disables the layer)."""
+    mbstd_num_channels: int = 1
+    """Feature maps appended by minibatch stddev."""
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ("progressive", "dcgan"), "model.arch", self.arch, "progressive | dcgan")
+        _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "model.resolution",
+               self.resolution, "a power of two from 8 to 1024")
+        _check(self.img_channels in (1, 3), "model.img_channels", self.img_channels, "1 or 3")
+        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, ">= 1")
+        _check(self.channel_base >= 1, "model.channel_base", self.channel_base, ">= 1")
+        _check(self.channel_max >= 1, "model.channel_max", self.channel_max, ">= 1")
+        _check(self.mbstd_group_size >= 0, "model.mbstd_group_size", self.mbstd_group_size, ">= 0")
+        _check(self.mbstd_num_channels >= 1, "model.mbstd_num_channels", self.mbstd_num_channels,
+               ">= 1")
+
+    def channels(self, res: int) -> int:
+        """Feature maps of the block that works at ``res`` x ``res``."""
+        return max(1, min(self.channel_base // res, self.channel_max))
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""
+    """Training shards: a directory holding index.json (as written by `scalegan pack`), a brace
+    pattern such as 'shards/{000000..000031}.tar', or a comma-separated list of tar paths."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 decodes in the training process)."""
+    shuffle_buffer: int = 1000
+    """Samples held in the seeded shuffle buffer of each worker."""
+    xflip: bool = True
+    """Mirror each image left-right with probability 1/2 (seeded)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 1e-3
+    """Adam learning rate of G."""
+    d_lr: float = 1e-3
+    """Adam learning rate of D."""
+    beta1: float = 0.0
+    beta2: float = 0.99
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name in ("g_lr", "d_lr", "eps"):
+            v = getattr(self, name)
+            _check(v > 0, f"optim.{name}", v, "> 0")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"optim.{name}", v, "0 <= value < 1")
+
+
+@dataclass
+class LossConfig:
+    kind: Literal["nonsaturating", "wgan_gp", "hinge"] = "nonsaturating"
+    """Adversarial loss: non-saturating logistic, WGAN-GP (with drift) or hinge."""
+    r1_gamma: float = 0.0
+    """R1 weight on real images (0 disables); applied lazily every r1_interval steps."""
+    r1_interval: int = 16
+    """Steps between R1 evaluations; the penalty is scaled by the interval (lazy regularisation)."""
+    gp_weight: float = 10.0
+    """WGAN-GP gradient-penalty weight (lambda)."""
+    drift: float = 1e-3
+    """WGAN-GP drift term weight (epsilon_drift * D(real)^2)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("nonsaturating", "wgan_gp", "hinge"), "loss.kind", self.kind,
+               "nonsaturating | wgan_gp | hinge")
+        _check(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, ">= 0")
+        _check(self.r1_interval >= 1, "loss.r1_interval", self.r1_interval, ">= 1")
+        _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, ">= 0")
+        _check(self.drift >= 0, "loss.drift", self.drift, ">= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    start_resolution: int = 8
+    """Resolution at which a progressive run starts (power of two, >= 4). DCGAN ignores it."""
+    fade_kimg: float = 600.0
+    """Thousands of images over which a new block fades in (alpha 0 -> 1)."""
+    stable_kimg: float = 600.0
+    """Thousands of images trained at each resolution after its fade-in."""
+
+    def __post_init__(self) -> None:
+        _check(_is_pow2(self.start_resolution) and self.start_resolution >= 4,
+               "train.schedule.start_resolution", self.start_resolution, "a power of two >= 4")
+        _check(self.fade_kimg >= 0, "train.schedule.fade_kimg", self.fade_kimg, ">= 0")
+        _check(self.stable_kimg >= 0, "train.schedule.stable_kimg", self.stable_kimg, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    total_kimg: float = 12000.0
+    """Length of the run in thousands of real images shown to D."""
+    batch_size: int = 32
+    """Global batch per optimizer step (summed over micro-batches and ranks)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; batch_size must divide evenly."""
+    seed: int = 0
+    """Seeds weights, latents, data order and flips: the same seed gives the same run."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs G and D forward passes under bf16 autocast; weights and optimizer stay fp32."""
+    ema_halflife_kimg: float = 10.0
+    """Half-life of the G_ema average, in thousands of images."""
+    ema_rampup: float = 0.05
+    """Half-life is at most ema_rampup * images seen early in the run (0 disables the ramp-up)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.total_kimg > 0, "train.total_kimg", self.total_kimg, "> 0")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, ">= 1")
+        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum", self.grad_accum,
+               f"a divisor of train.batch_size={self.batch_size}")
+        _check(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "fp32 | bf16")
+        _check(self.ema_halflife_kimg >= 0, "train.ema_halflife_kimg", self.ema_halflife_kimg, ">= 0")
+        _check(self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup, ">= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every_kimg: float = 50.0
+    """Write a checkpoint every this many thousand images (and always at the end)."""
+    keep: int = 3
+    """Newest checkpoints kept; older ones are deleted after a newer one is complete."""
+    resume: bool = True
+    """Resume from the newest complete checkpoint in the run directory if there is one."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_kimg > 0, "checkpoint.every_kimg", self.every_kimg, "> 0")
+        _check(self.keep >= 1, "checkpoint.keep", self.keep, ">= 1")
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10
+    """Steps between rows of metrics.jsonl and W&B scalars."""
+    sample_every_kimg: float = 20.0
+    """Thousands of images between sample grids of G_ema (and always at the end)."""
+    sample_grid: int = 8
+    """Sample grids are sample_grid x sample_grid images from fixed latents."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when a W&B API key is configured, offline otherwise."""
+    wandb_project: str = "scalegan"
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 1, "log.every_steps", self.every_steps, ">= 1")
+        _check(self.sample_every_kimg > 0, "log.sample_every_kimg", self.sample_every_kimg, "> 0")
+        _check(1 <= self.sample_grid <= 32, "log.sample_grid", self.sample_grid, "1..32")
+        _check(self.wandb in ("auto", "online", "offline", "disabled"), "log.wandb", self.wandb,
+               "auto | online | offline | disabled")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    """Run name; the run directory is <runs_dir>/<name>."""
+    runs_dir: str = "runs"
+    """Parent directory of run directories."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", self.name,
+               "a non-empty name without '/'")
+        if self.model.arch == "progressive":
+            _check(self.train.schedule.start_resolution <= self.model.resolution,
+                   "train.schedule.start_resolution", self.train.schedule.start_resolution,
+                   f"<= model.resolution={self.model.resolution}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# --------------------------------------------------------------------------- building and merging
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotated type ``tp`` (ints are accepted for floats)."""
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r} is not allowed: expected {_type_name(tp)}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(tp)}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, naming unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}: allowed keys under "
+                          f"{prefix.rstrip('.') or 'the top level'} are {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, tp, value)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``['train.batch_size=32', 'data.shards=x/{0..3}.tar']`` -> nested dict (YAML-typed values)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        # A pattern such as '{000000..000003}' parses as a YAML mapping: keep strings as written.
+        if isinstance(value, (dict, list)):
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; raises ConfigError."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        tree = loaded
+    tree = _deep_merge(tree, parse_overrides(overrides or []))
+    return _build(Config, tree, "")
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

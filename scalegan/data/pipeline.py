@@ -1,0 +1,291 @@
+"""Streaming image batches from WebDataset shards, with an exact, resumable position.
+
+Each rank reads its own shards (``wds.split_by_node``) and each DataLoader worker its own part of
+those (``wds.split_by_worker``). A worker plays a *role*: role ``r`` owns the stream
+
+    epoch e = 0, 1, ...:  shards shuffled by (seed, e) -> this rank's -> role r's -> tar samples
+                          -> seeded shuffle buffer (seed, e, rank, r) -> decode -> box-downsample
+                          -> seeded x-flip -> batches of ``batch_size``
+
+which depends on nothing but the seed, so a role's position is just (epoch, samples consumed in that
+epoch). The DataLoader hands out batches from its workers in turn, so after ``k`` batches the next
+batch is role ``k % num_roles``'s; on restart worker ``w`` takes role ``(w + k) % num_roles`` and
+skips, undecoded, the samples its role already delivered. That is what makes resume exact, and the
+same restart is used when the training resolution changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The shard list or the data in it cannot be used; names the shard or the key."""
+
+
+# ------------------------------------------------------------------------------------ shard lists
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_shards(spec: str, key: str = "data.shards") -> list[str]:
+    """Turn a shard spec into a list of tar paths/URLs, checking that local files exist.
+
+    ``spec`` is a directory with ``index.json`` (or ``*.tar`` files), a brace pattern
+    ('x/{000000..000031}.tar') or a comma-separated list of either.
+    """
+    if not spec or not str(spec).strip():
+        raise DataError(f"{key} is empty: give a shard directory, a brace pattern such as "
+                        f"'shards/{{000000..000009}}.tar', or a comma-separated list of tar files")
+    urls: list[str] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        path = Path(part)
+        if not _is_remote(part) and path.is_dir():
+            index = path / "index.json"
+            if index.is_file():
+                urls += [str(path / s["name"]) for s in json.loads(index.read_text())["shards"]]
+            else:
+                urls += sorted(str(p) for p in path.glob("*.tar"))
+        else:
+            urls += list(braceexpand.braceexpand(part))
+    if not urls:
+        raise DataError(f"{key}={spec!r} matched no shards")
+    missing = [u for u in urls if not _is_remote(u) and not Path(u).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise DataError(f"{key}={spec!r}: {len(missing)} of {len(urls)} shards do not exist: "
+                        f"{', '.join(missing[:3])}{more}")
+    return urls
+
+
+# ---------------------------------------------------------------------------------- sample decode
+
+
+def decode_image(png: bytes, resolution: int) -> np.ndarray:
+    """PNG/JPEG bytes -> (resolution, resolution, 3) uint8, box-filtered down if larger.
+
+    Box (area) filtering is what FID reference implementations use to shrink real images, and an
+    integer factor makes it an exact average of pixel blocks.
+    """
+    with Image.open(io.BytesIO(png)) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        if w != h:
+            raise ValueError(f"image is {w}x{h}, not square (pack it with `scalegan pack`)")
+        if w < resolution:
+            raise DataError(f"image is {w}x{w}, smaller than the training resolution {resolution}")
+        if w != resolution:
+            if w % resolution == 0:
+                img = img.reduce(w // resolution)
+            else:
+                img = img.resize((resolution, resolution), Image.BOX)
+        return np.asarray(img, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------ one role's stream
+
+
+@dataclass
+class RolePosition:
+    """Where role ``r`` stands: samples of ``epoch`` already delivered, corrupt samples so far."""
+    epoch: int = 0
+    index: int = 0
+    skipped: int = 0
+
+
+class _RoleStream(IterableDataset):
+    """Yields batches dicts {"images": (B,3,R,R) uint8, "role", "epoch", "index", "skipped",
+    "keys"} forever, for the role assigned to this process (see module docstring)."""
+
+    def __init__(self, urls: list[str], batch_size: int, resolution: int, seed: int,
+                 shuffle_buffer: int, xflip: bool, starts: list[RolePosition]):
+        super().__init__()
+        self.urls, self.batch_size, self.resolution = urls, batch_size, resolution
+        self.seed, self.shuffle_buffer, self.xflip = seed, shuffle_buffer, xflip
+        self.starts = starts
+
+    def _tar_error(self, exn: Exception) -> bool:
+        # A truncated or unreadable tar: say so and go on with the next shard.
+        log.warning("skipping the rest of a shard after a read error: %r", exn)
+        return True
+
+    def _epoch(self, epoch: int, rank: int, role: int) -> Iterator[dict]:
+        urls = list(self.urls)
+        random.Random(f"shards-{self.seed}-{epoch}").shuffle(urls)  # same order on every rank
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=self._tar_error),
+            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                        rng=random.Random(f"samples-{self.seed}-{epoch}-{rank}-{role}")),
+        )
+        return iter(pipeline)
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, _, role, num_roles = wds.utils.pytorch_worker_info()
+        if len(self.starts) != num_roles:
+            raise RuntimeError(f"stream built for {len(self.starts)} roles runs with {num_roles}")
+        pos = RolePosition(**vars(self.starts[role]))
+        images: list[np.ndarray] = []
+        keys: list[str] = []
+        while True:
+            delivered = 0
+            for i, sample in enumerate(self._epoch(pos.epoch, rank, role)):
+                delivered += 1
+                if i < pos.index:
+                    continue  # delivered before the restart: skip without decoding
+                pos.index = i + 1
+                image = self._decode(sample, pos)
+                if image is None:
+                    continue
+                if self.xflip and random.Random(
+                        f"flip-{self.seed}-{pos.epoch}-{rank}-{role}-{i}").random() < 0.5:
+                    image = image[:, ::-1]
+                images.append(image)
+                keys.append(sample["__key__"])
+                if len(images) == self.batch_size:
+                    yield self._batch(images, keys, role, pos)
+                    images, keys = [], []
+            if delivered == 0:
+                raise DataError(f"rank {rank} worker role {role} read no samples in epoch "
+                                f"{pos.epoch} from its shards ({len(self.urls)} shards in all)")
+            pos.epoch, pos.index = pos.epoch + 1, 0
+
+    def _decode(self, sample: dict, pos: RolePosition) -> np.ndarray | None:
+        data = sample.get("png", sample.get("jpg", sample.get("jpeg", sample.get("webp"))))
+        try:
+            if data is None:
+                raise ValueError(f"no image field (has {sorted(k for k in sample if k[0] != '_')})")
+            return decode_image(data, self.resolution)
+        except DataError:
+            raise
+        except Exception as exn:  # a corrupt sample is counted and skipped, never fatal
+            pos.skipped += 1
+            log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
+                        sample.get("__url__"), exn)
+            return None
+
+    def _batch(self, images: list[np.ndarray], keys: list[str], role: int,
+               pos: RolePosition) -> dict:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B,3,R,R)
+        return {"images": batch, "role": role, "epoch": pos.epoch, "index": pos.index,
+                "skipped": pos.skipped, "keys": keys}
+
+
+def _assign_role(num_roles: int, offset: int, worker_id: int) -> None:
+    # webdataset's split_by_worker reads WORKER/NUM_WORKERS from the environment when set: this is
+    # how a restarted worker takes over the role whose turn comes next.
+    os.environ["WORKER"] = str((worker_id + offset) % num_roles)
+    os.environ["NUM_WORKERS"] = str(num_roles)
+
+
+# ------------------------------------------------------------------------------ the rank's stream
+
+
+class ImageStream:
+    """Endless, deterministic batches (B, 3, R, R) float32 in [-1, 1] for this rank.
+
+    ``state_dict()`` is the data position (JSON-serialisable); ``load_state_dict`` restarts there.
+    ``set_resolution`` changes the size images are box-filtered to, from the next batch on.
+    """
+
+    def __init__(self, urls: list[str], batch_size: int, resolution: int, *, seed: int = 0,
+                 num_workers: int = 0, shuffle_buffer: int = 1000, xflip: bool = False):
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+        self.num_roles = max(1, num_workers)
+        if len(urls) < world * self.num_roles:
+            raise DataError(f"data.shards has {len(urls)} shards, fewer than ranks x workers = "
+                            f"{world} x {self.num_roles}: every worker needs at least one shard "
+                            f"(pack with a smaller shard size or lower data.num_workers)")
+        self.urls, self.batch_size, self.resolution = list(urls), batch_size, resolution
+        self.seed, self.num_workers = seed, num_workers
+        self.shuffle_buffer, self.xflip = shuffle_buffer, xflip
+        self.rank, self.world = rank, world
+        self.roles = [RolePosition() for _ in range(self.num_roles)]
+        self.batches = 0
+        self._iter: Iterator[dict] | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt samples skipped so far on this rank."""
+        return sum(r.skipped for r in self.roles)
+
+    def _start(self) -> None:
+        offset = self.batches % self.num_roles
+        dataset = _RoleStream(self.urls, self.batch_size, self.resolution, self.seed,
+                              self.shuffle_buffer, self.xflip, starts=list(self.roles))
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers,
+            worker_init_fn=functools.partial(_assign_role, self.num_roles, offset),
+            prefetch_factor=2 if self.num_workers else None,
+        )
+        self._iter = iter(loader)
+
+    def next_batch(self) -> tuple[torch.Tensor, list[str]]:
+        """The next (B, 3, R, R) float32 batch in [-1, 1] and its sample keys."""
+        if self._iter is None:
+            self._start()
+        batch = next(self._iter)
+        role = batch["role"]
+        if self.num_workers:
+            assert role == self.batches % self.num_roles, "DataLoader broke round-robin order"
+        self.roles[role] = RolePosition(batch["epoch"], batch["index"], batch["skipped"])
+        self.batches += 1
+        images = batch["images"].float().div_(127.5).sub_(1.0)
+        return images, batch["keys"]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield self.next_batch()[0]
+
+    def set_resolution(self, resolution: int) -> None:
+        if resolution != self.resolution:
+            self.resolution = resolution
+            self.close()
+
+    def close(self) -> None:
+        self._iter = None  # dropping the iterator shuts its workers down
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "world": self.world, "rank": self.rank,
+                "roles": [vars(r).copy() for r in self.roles]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        roles = [RolePosition(**r) for r in state["roles"]]
+        if len(roles) == self.num_roles and state.get("world", 1) == self.world:
+            self.roles, self.batches = roles, int(state["batches"])
+        else:
+            # The shard split changed (other world size or worker count): positions no longer
+            # map to this layout, so restart at the earliest saved epoch from its beginning.
+            epoch = min(r.epoch for r in roles)
+            log.warning("data position saved with world=%s, %d workers; now world=%d, %d: "
+                        "restarting epoch %d from its start", state.get("world"), len(roles),
+                        self.world, self.num_roles, epoch)
+            self.roles = [RolePosition(epoch=epoch) for _ in range(self.num_roles)]
+            self.batches = 0

@@ -1,0 +1,121 @@
+"""Metric loggers behind one interface: metrics.jsonl always, Weights & Biases when enabled.
+
+Only rank 0 logs; callers reduce scalars across ranks first. wandb is imported lazily so that
+runs with ``log.wandb=disabled`` never touch it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Logger:
+    """Interface: scalars per step, images per step, a final close."""
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def log_image(self, step: int, key: str, path: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per call to ``metrics.jsonl`` (flushed, so a crash loses nothing)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a")
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self._f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` -> ``online`` with an API key configured, ``offline`` without (never a prompt)."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if _has_wandb_key() else "offline"
+
+
+def run_id_for(run_dir: Path) -> str:
+    """A W&B run id stored in the run directory, so every restart of the run resumes it."""
+    id_file = run_dir / "wandb_run_id"
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = id_file.with_name(id_file.name + ".tmp")
+    tmp.write_text(run_id)
+    try:
+        os.link(tmp, id_file)  # first writer wins if two processes race
+    except FileExistsError:
+        pass
+    tmp.unlink()
+    return id_file.read_text().strip()
+
+
+class WandbLogger(Logger):
+    """Scalars, images and the config to a W&B run whose files live in ``<run_dir>/wandb``."""
+
+    def __init__(self, run_dir: Path, project: str, name: str, config: dict, mode: str,
+                 group: str | None = None):
+        import wandb  # lazy: heavy import, and optional for disabled runs
+
+        self._wandb = wandb
+        self.mode = resolve_wandb_mode(mode)
+        self.run = wandb.init(project=project, name=name, id=run_id_for(run_dir), resume="allow",
+                              dir=str(run_dir), config=config, mode=self.mode, group=group,
+                              settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_machine_info=True,
+                                                      silent=True))
+        self.run_path = Path(self.run.dir).parent if self.mode != "disabled" else None
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        self.run.log({key: self._wandb.Image(str(path))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MultiLogger(Logger):
+    def __init__(self, loggers: list[Logger]):
+        self.loggers = loggers
+
+    def log_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+        for lg in self.loggers:
+            lg.log_scalars(step, scalars)
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        for lg in self.loggers:
+            lg.log_image(step, key, path)
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.close()

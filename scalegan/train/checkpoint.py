@@ -1,0 +1,154 @@
+"""Atomic, resumable checkpoints in torch.distributed.checkpoint (DCP) format.
+
+Layout of ``<run>/checkpoints``::
+
+    step_000001200/          one complete checkpoint
+        .metadata, *.distcp  DCP tensors: G, D, G_ema and both optimizers (constant keys)
+        meta.json            images seen, step, resolved config (written by rank 0)
+        rank_00000.json      per-rank state: RNG, data position
+    latest -> step_000001200 symlink, replaced atomically
+
+A checkpoint is written into ``.tmp-step_...`` and renamed into place only when every rank has
+finished, so a crash or a signal mid-write leaves the previous checkpoint as the newest complete
+one. DCP never unpickles code on load, and it reshards when the world size changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step_(\d{9})$")
+META = "meta.json"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint directory that was renamed into place holds both DCP metadata and meta.json."""
+    return path.is_dir() and (path / ".metadata").is_file() and (path / META).is_file()
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints under ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _STEP_DIR.match(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, a ``latest`` link, or a run/checkpoints dir -> a complete checkpoint."""
+    p = Path(path)
+    if p.is_dir() and not is_complete(p):
+        for candidate in (p, p / "checkpoints"):
+            ckpts = list_checkpoints(candidate)
+            if ckpts:
+                return ckpts[-1]
+    if not is_complete(p):
+        raise FileNotFoundError(f"{path} is not a complete scalegan checkpoint (no .metadata and "
+                                f"{META}), nor a run directory holding one")
+    return p.resolve()
+
+
+class CheckpointManager:
+    """Writes and finds checkpoints of one run; keeps the newest ``keep``."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        ckpts = list_checkpoints(self.directory)
+        return ckpts[-1] if ckpts else None
+
+    def save(self, step: int, app_state: dict[str, Any], meta: dict, rank_state: dict) -> Path:
+        """Write checkpoint ``step`` on every rank; returns its final path.
+
+        ``app_state`` maps constant keys to Stateful objects (DCP), ``meta`` is rank 0's JSON,
+        ``rank_state`` this rank's JSON.
+        """
+        rank = _rank()
+        final = self.directory / f"step_{step:09d}"
+        tmp = self.directory / f".tmp-step_{step:09d}"
+        if rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        _barrier()
+        dcp.save(app_state, checkpoint_id=tmp)
+        _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
+        _barrier()
+        if rank == 0:
+            _write_json(tmp / META, meta)
+            _fsync_dir(tmp)
+            if final.exists():  # a re-save of the same step (e.g. after a resume)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+            self._point_latest(final)
+            self._prune()
+        _barrier()
+        return final
+
+    def _point_latest(self, target: Path) -> None:
+        link = self.directory / "latest"
+        tmp_link = self.directory / ".latest.tmp"
+        if tmp_link.is_symlink() or tmp_link.exists():
+            tmp_link.unlink()
+        os.symlink(target.name, tmp_link)
+        os.replace(tmp_link, link)
+
+    def _prune(self) -> None:
+        for old in list_checkpoints(self.directory)[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.directory.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    @staticmethod
+    def load(path: Path, app_state: dict[str, Any]) -> tuple[dict, dict | None]:
+        """Load ``app_state`` in place from ``path``; returns (meta, this rank's state or None)."""
+        dcp.load(app_state, checkpoint_id=path)
+        meta = json.loads((path / META).read_text())
+        rank_file = path / f"rank_{_rank():05d}.json"
+        rank_state = json.loads(rank_file.read_text()) if rank_file.is_file() else None
+        return meta, rank_state
+
+
+def read_meta(path: str | Path) -> dict:
+    """meta.json of a checkpoint (config, counters) without loading any tensor."""
+    return json.loads((resolve_checkpoint(path) / META).read_text())

@@ -1,0 +1,364 @@
+"""The GAN training loop.
+
+``Trainer.train()`` reads as the algorithm: for each step, pick the phase (resolution, fade alpha)
+from images seen, run the D phase on real and generated micro-batches, the lazy R1 phase when it
+is due, the G phase, update G_ema, then log, sample and checkpoint. Everything a step depends on
+(weights, optimizer moments, G_ema, counters, RNG, data position) is in the checkpoint, so a
+resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from scalegan import losses
+from scalegan.config import Config, config_to_dict, save_config
+from scalegan.data.pipeline import ImageStream, expand_shards
+from scalegan.models import build_models
+from scalegan.monitor.grid import save_grid
+from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
+from scalegan.monitor.progress import Progress
+from scalegan.train.checkpoint import CheckpointManager
+from scalegan.train.ema import ema_beta, update_ema
+from scalegan.train.schedule import Phase, phase_at
+
+log = logging.getLogger(__name__)
+
+
+class ModelState:
+    """Stateful view of a module for DCP (FQN keys, works for sharded modules too)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState:
+    """Stateful view of an optimizer, keyed by parameter FQN rather than position."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict:
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+@dataclass
+class MicroBatch:
+    real: torch.Tensor
+    """(B, C, R, R) real images in [-1, 1]."""
+    z_d: torch.Tensor
+    """(B, latent_dim) latents for the fakes D sees."""
+    z_g: torch.Tensor
+    """(B, latent_dim) latents for the fakes G is trained on."""
+
+
+@dataclass
+class StepStats:
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + float(value) * weight
+
+
+def _encode_rng(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+class Trainer:
+    """Trains G and D of ``cfg`` in ``cfg.run_dir``; ``train()`` resumes automatically."""
+
+    def __init__(self, cfg: Config, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.run_dir = cfg.run_dir
+        self.rank, self.world = 0, 1
+        tc = cfg.train
+
+        torch.manual_seed(tc.seed)  # weight initialisation
+        self.G, self.D = build_models(cfg.model)
+        self.G.to(self.device)
+        self.D.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_G, self.opt_D = self._make_optimizers()
+
+        # Latents and penalty mixing weights come from one generator whose state is checkpointed.
+        self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1 + self.rank)
+        self.images_seen = 0
+        self.step = 0
+        self.micro_batch = tc.batch_size // (tc.grad_accum * self.world)
+        self.sample_z = torch.randn(cfg.log.sample_grid ** 2, cfg.model.latent_dim,
+                                    generator=torch.Generator().manual_seed(tc.seed + 31337))
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.data: ImageStream | None = None
+        self.logger: Logger | None = None
+        self.last_sample_step = -1
+        self.last_saved_step = -1
+
+    # ----------------------------------------------------------------------------------- set-up
+
+    def _make_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        oc, lc = self.cfg.optim, self.cfg.loss
+        # Lazy R1 runs every r1_interval steps; StyleGAN2 rescales D's Adam by c = k / (k + 1) so
+        # the effective per-step statistics match an every-step regulariser.
+        c = lc.r1_interval / (lc.r1_interval + 1) if lc.r1_gamma > 0 else 1.0
+        opt_G = torch.optim.Adam(self.G.parameters(), lr=oc.g_lr, betas=(oc.beta1, oc.beta2),
+                                 eps=oc.eps)
+        opt_D = torch.optim.Adam(self.D.parameters(), lr=oc.d_lr * c,
+                                 betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
+        return opt_G, opt_D
+
+    def _open_data(self) -> ImageStream:
+        dc = self.cfg.data
+        return ImageStream(expand_shards(dc.shards), self.micro_batch, self.phase().resolution,
+                           seed=self.cfg.train.seed, num_workers=dc.num_workers,
+                           shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip)
+
+    def _open_loggers(self) -> Logger:
+        cfg = self.cfg
+        loggers: list[Logger] = [JsonlLogger(self.run_dir / "metrics.jsonl")]
+        if cfg.log.wandb != "disabled":
+            loggers.append(WandbLogger(self.run_dir, cfg.log.wandb_project, cfg.name,
+                                       config_to_dict(cfg), cfg.log.wandb))
+        return MultiLogger(loggers)
+
+    def app_state(self) -> dict:
+        """DCP state with constant keys (the same for every model and strategy)."""
+        return {
+            "G": ModelState(self.G), "D": ModelState(self.D), "G_ema": ModelState(self.G_ema),
+            "opt_G": OptimizerState(self.G, self.opt_G),
+            "opt_D": OptimizerState(self.D, self.opt_D),
+        }
+
+    # ---------------------------------------------------------------------------------- algorithm
+
+    def phase(self) -> Phase:
+        s, m = self.cfg.train.schedule, self.cfg.model
+        if m.arch != "progressive":
+            return Phase(m.resolution, 1.0)
+        return phase_at(self.images_seen, s.start_resolution, m.resolution, s.fade_kimg,
+                        s.stable_kimg)
+
+    def autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.model.latent_dim, generator=self.rng).to(self.device)
+
+    def next_micro_batches(self) -> list[MicroBatch]:
+        """``grad_accum`` micro-batches of real images and latents for one optimizer step."""
+        batches = []
+        for _ in range(self.cfg.train.grad_accum):
+            real, _ = self.data.next_batch()
+            if real.shape[1] != self.cfg.model.img_channels:  # grayscale model on RGB shards
+                real = real.mean(1, keepdim=True)
+            n = real.shape[0]
+            batches.append(MicroBatch(real.to(self.device), self.latents(n), self.latents(n)))
+        return batches
+
+    def d_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
+        """One D update: adversarial loss (+ WGAN-GP) averaged over micro-batches."""
+        lc, stats = self.cfg.loss, StepStats()
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        res, alpha = phase.resolution, phase.alpha
+        for mb in batches:
+            with self.autocast():
+                fake = self.G(mb.z_d, res, alpha)
+                real_logits = self.D(mb.real, res, alpha)
+                fake_logits = self.D(fake.detach(), res, alpha)
+            loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
+            stats.add("loss/D", loss, 1 / len(batches))
+            if lc.kind == "wgan_gp" and lc.gp_weight > 0:
+                with self.autocast():
+                    gp = losses.gradient_penalty(lambda x: self.D(x, res, alpha), mb.real, fake,
+                                                 generator=self.rng).mean()
+                loss = loss + lc.gp_weight * gp
+                stats.add("loss/gp", gp, 1 / len(batches))
+            (loss / len(batches)).backward()
+        self.opt_D.step()
+        return stats
+
+    def r1_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
+        """Lazy R1: gamma/2 * ||grad D(real)||^2, scaled by the interval it stands for."""
+        lc, stats = self.cfg.loss, StepStats()
+        self.opt_D.zero_grad(set_to_none=True)
+        for mb in batches:
+            real = mb.real.detach().requires_grad_(True)
+            with self.autocast():
+                real_logits = self.D(real, phase.resolution, phase.alpha)
+            penalty = losses.r1_penalty(real_logits, real).mean()
+            stats.add("loss/r1", penalty, 1 / len(batches))
+            # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers expect.
+            loss = penalty * (lc.r1_gamma / 2 * lc.r1_interval) + real_logits.float().mean() * 0
+            (loss / len(batches)).backward()
+        self.opt_D.step()
+        return stats
+
+    def g_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
+        """One G update through a frozen D."""
+        stats = StepStats()
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        for mb in batches:
+            with self.autocast():
+                fake_logits = self.D(self.G(mb.z_g, phase.resolution, phase.alpha),
+                                     phase.resolution, phase.alpha)
+            loss = losses.g_loss(self.cfg.loss.kind, fake_logits)
+            stats.add("loss/G", loss, 1 / len(batches))
+            (loss / len(batches)).backward()
+        self.opt_G.step()
+        self.D.requires_grad_(True)
+        return stats
+
+    def ema_phase(self) -> None:
+        tc = self.cfg.train
+        beta = ema_beta(tc.batch_size, self.images_seen, tc.ema_halflife_kimg, tc.ema_rampup)
+        update_ema(self.G_ema, self.G, beta)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step of D (and R1 when due) and G, then the EMA; returns scalars."""
+        phase = self.phase()
+        self.data.set_resolution(phase.resolution)
+        batches = self.next_micro_batches()
+        stats = self.d_phase(batches, phase).values
+        lc = self.cfg.loss
+        if lc.r1_gamma > 0 and self.step % lc.r1_interval == 0:
+            stats |= self.r1_phase(batches, phase).values
+        stats |= self.g_phase(batches, phase).values
+        self.images_seen += self.cfg.train.batch_size
+        self.step += 1
+        self.ema_phase()
+        return {**stats, "resolution": phase.resolution, "alpha": phase.alpha}
+
+    def train(self, max_steps: int | None = None) -> None:
+        """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        if cfg.checkpoint.resume:
+            self.resume()
+        self.data = self.data or self._open_data()
+        self.logger = self.logger or self._open_loggers()
+        total = int(cfg.train.total_kimg * 1000)
+        progress = Progress(total, self.images_seen, enabled=cfg.log.progress)
+        window: list[dict[str, float]] = []
+        t0, seen0 = time.perf_counter(), self.images_seen
+        steps = 0
+        try:
+            while self.images_seen < total and (max_steps is None or steps < max_steps):
+                prev_seen = self.images_seen
+                window.append(self.train_step())
+                steps += 1
+                if self.step % cfg.log.every_steps == 0:
+                    dt = time.perf_counter() - t0
+                    scalars = self._summarise(window, (self.images_seen - seen0) / max(dt, 1e-9))
+                    self.logger.log_scalars(self.step, scalars)
+                    progress.update(self.images_seen, scalars)
+                    window, t0, seen0 = [], time.perf_counter(), self.images_seen
+                else:
+                    progress.update(self.images_seen)
+                if self._crossed(prev_seen, cfg.log.sample_every_kimg):
+                    self.sample()
+                if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
+                    self.save()
+            if steps and self.last_sample_step != self.step:
+                self.sample()
+            if steps and self.last_saved_step != self.step:
+                self.save()
+        finally:
+            progress.close()
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        if self.data is not None:
+            self.data.close()
+
+    def _crossed(self, prev_seen: int, every_kimg: float) -> bool:
+        every = max(1, int(every_kimg * 1000))
+        return prev_seen // every != self.images_seen // every
+
+    def _summarise(self, window: list[dict[str, float]], images_per_s: float) -> dict[str, float]:
+        keys = sorted({k for row in window for k in row})
+        out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
+               for k in keys}
+        out.update(kimg=self.images_seen / 1000, images_seen=self.images_seen,
+                   images_per_s=images_per_s, resolution=window[-1]["resolution"],
+                   alpha=window[-1]["alpha"], data_skipped=self.data.skipped)
+        return out
+
+    # ------------------------------------------------------------------------- samples, checkpoints
+
+    @torch.no_grad()
+    def sample(self) -> Path:
+        """G_ema on the fixed latents at the current phase -> samples/step_XXXXXXXXX.png."""
+        phase = self.phase()
+        images = torch.cat([self.G_ema(z.to(self.device), phase.resolution, phase.alpha)
+                            for z in self.sample_z.split(16)])
+        path = save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
+        save_grid(images, self.run_dir / "samples" / "latest.png")
+        if self.logger is not None:
+            self.logger.log_image(self.step, "samples", path)
+        self.last_sample_step = self.step
+        return path
+
+    def save(self) -> Path:
+        meta = {"step": self.step, "images_seen": self.images_seen,
+                "phase": vars(self.phase()), "world_size": self.world,
+                "config": config_to_dict(self.cfg)}
+        rank_state = {"rng": _encode_rng(self.rng.get_state()),
+                      "data": self.data.state_dict() if self.data is not None else None}
+        path = self.ckpt.save(self.step, self.app_state(), meta, rank_state)
+        self.last_saved_step = self.step
+        log.info("checkpoint %s", path)
+        return path
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Load ``path`` (default: the newest complete checkpoint); False if there is none."""
+        path = path or self.ckpt.latest()
+        if path is None:
+            return False
+        meta, rank_state = self.ckpt.load(path, self.app_state())
+        self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
+        if rank_state is not None:
+            self.rng.set_state(_decode_rng(rank_state["rng"]))
+            if rank_state.get("data") is not None:
+                self.data = self.data or self._open_data()
+                self.data.load_state_dict(rank_state["data"])
+        log.info("resumed from %s at %.1f kimg (step %d)", path, self.images_seen / 1000,
+                 self.step)
+        return True
+
