@@ -1,0 +1,451 @@
+"""Tests for scalegan.data.pack and scalegan.data.demo (images -> WebDataset shards)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
+
+RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
+
+
+def px(img: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    return tuple(img.getpixel(xy))
+
+
+def close(a, b, tol: int) -> bool:
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=True))
+
+
+def reopen(img: Image.Image, tmp_path: Path, name: str, **save) -> Image.Image:
+    """Save to disk and read back, so the test sees the mode a real file decodes to."""
+    path = tmp_path / name
+    img.save(path, **save)
+    out = Image.open(path)
+    out.load()
+    return out
+
+
+def gradient_rgb(seed: int, size=(12, 8)) -> Image.Image:
+    """A distinct, non-uniform RGB image per seed (w x h = size)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def read_shards(out: Path) -> list[dict]:
+    import webdataset as wds
+
+    index = json.loads((out / "index.json").read_text())
+    urls = [str(out / s["name"]) for s in index["shards"]]
+    return list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion of awkward modes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grayscale_l_to_rgb(tmp_path):
+    img = Image.new("L", (8, 8), 40)
+    img.putpixel((7, 7), 200)
+    out = to_square_rgb(reopen(img, tmp_path, "l.png"), 8)
+    assert out.mode == "RGB" and out.size == (8, 8)
+    assert px(out, (0, 0)) == (40, 40, 40)
+    assert px(out, (7, 7)) == (200, 200, 200)
+
+
+def test_la_composited_on_white(tmp_path):
+    img = Image.new("LA", (8, 8), (100, 255))
+    img.putpixel((0, 0), (100, 0))  # fully transparent -> white
+    img.putpixel((1, 0), (0, 128))  # half-transparent black -> mid grey
+    src = reopen(img, tmp_path, "la.png")
+    assert src.mode == "LA"
+    out = to_square_rgb(src, 8)
+    assert out.mode == "RGB"
+    assert px(out, (0, 0)) == WHITE
+    assert close(px(out, (1, 0)), (127, 127, 127), 1)
+    assert px(out, (5, 5)) == (100, 100, 100)
+
+
+def test_rgba_composited_on_white(tmp_path):
+    img = Image.new("RGBA", (8, 8), (10, 20, 30, 255))
+    img.putpixel((2, 3), (10, 20, 30, 0))
+    out = to_square_rgb(reopen(img, tmp_path, "rgba.png"), 8)
+    assert px(out, (2, 3)) == WHITE  # not (10, 20, 30), not black
+    assert px(out, (0, 0)) == (10, 20, 30)
+
+
+@pytest.mark.parametrize("transparent", [True, False])
+def test_palette_with_and_without_transparency(tmp_path, transparent):
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red, 1 blue
+    img.putpixel((4, 4), 1)
+    save = {"transparency": 1} if transparent else {}
+    src = reopen(img, tmp_path, "p.png", **save)
+    assert src.mode == "P"
+    out = to_square_rgb(src, 8)
+    assert out.mode == "RGB"
+    assert px(out, (0, 0)) == RED
+    assert px(out, (4, 4)) == (WHITE if transparent else BLUE)
+
+
+def test_cmyk_known_colour(tmp_path):
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
+    assert px(to_square_rgb(cmyk, 8), (3, 3)) == RED
+    # A real CMYK JPEG file (lossy, so allow a little slack).
+    out = to_square_rgb(reopen(cmyk, tmp_path, "cmyk.jpg", quality=95), 8)
+    assert close(px(out, (3, 3)), RED, 6)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    arr = np.array([[0, 32768], [65535, 257]], dtype=np.uint16).repeat(4, 0).repeat(4, 1)  # 8x8
+    src = reopen(Image.fromarray(arr), tmp_path, "g16.png")
+    assert src.mode.startswith("I")  # a genuine 16-bit grayscale PNG
+    out = to_square_rgb(src, 8)
+    assert px(out, (0, 0)) == BLACK
+    assert px(out, (7, 7)) == (1, 1, 1)
+    assert px(out, (0, 7)) == WHITE  # 65535 -> 255
+    mid = px(out, (7, 0))  # 32768 -> ~128; PIL's convert("L") would clip it to 255
+    assert close(mid, (128, 128, 128), 1)
+
+
+@pytest.mark.parametrize("mode", ["I;16B", "I"])
+def test_other_sixteen_bit_modes(mode):
+    values = np.array([[0, 32768], [65535, 0]], dtype=np.uint16).repeat(2, 0).repeat(2, 1)  # 4x4
+    if mode == "I;16B":
+        img = Image.frombytes("I;16B", (4, 4), values.astype(">u2").tobytes())
+    else:
+        img = Image.fromarray(values.astype(np.int32))
+    assert img.mode == mode
+    out = to_square_rgb(img, 4)
+    assert px(out, (0, 3)) == WHITE
+    assert close(px(out, (3, 0)), (128, 128, 128), 1)
+
+
+def test_one_bit(tmp_path):
+    img = Image.new("1", (8, 8), 0)
+    img.putpixel((5, 2), 1)
+    src = reopen(img, tmp_path, "bw.png")
+    assert src.mode == "1"
+    out = to_square_rgb(src, 8)
+    assert out.mode == "RGB"
+    assert px(out, (0, 0)) == BLACK
+    assert px(out, (5, 2)) == WHITE
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (8, 8), RED)
+    img.paste(BLUE, (4, 0, 8, 8))  # left red, right blue
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180
+    src = tmp_path / "rot" / "r.png"
+    src.parent.mkdir()
+    img.save(src, exif=exif)
+    summary = pack_folder(src.parent, tmp_path / "out", 8)
+    assert summary.num_samples == 1
+    got = read_shards(tmp_path / "out")[0]["png"]
+    assert tuple(got[4, 1]) == BLUE and tuple(got[4, 6]) == RED
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_crop_keeps_centre():
+    img = Image.new("RGB", (48, 16), RED)  # three 16x16 blocks: red | green | blue
+    img.paste(GREEN, (16, 0, 32, 16))
+    img.paste(BLUE, (32, 0, 48, 16))
+    out = to_square_rgb(img, 8, fit="crop")
+    assert out.size == (8, 8)
+    arr = np.asarray(out).astype(int)
+    assert np.abs(arr - np.array(GREEN)).max() <= 1
+    # Same for a tall image.
+    tall = to_square_rgb(img.transpose(Image.Transpose.ROTATE_90), 8, fit="crop")
+    assert np.abs(np.asarray(tall).astype(int) - np.array(GREEN)).max() <= 1
+
+
+def test_pad_adds_black_borders():
+    img = Image.new("RGB", (32, 16), (200, 100, 50))
+    out = to_square_rgb(img, 32, fit="pad")
+    arr = np.asarray(out)
+    assert out.size == (32, 32)
+    assert (arr[:8] == 0).all() and (arr[24:] == 0).all()  # 8 black rows above and below
+    assert (arr[8:24] == (200, 100, 50)).all()
+    small = np.asarray(to_square_rgb(img, 16, fit="pad")).astype(int)
+    assert small.shape == (16, 16, 3)
+    # After a 2x Lanczos downscale the outermost rows are still near-black, the middle unchanged.
+    assert small[0].max() <= 10 and small[15].max() <= 10
+    assert np.abs(small[8] - (200, 100, 50)).max() <= 2
+
+
+def test_upscale_gives_resolution_squared():
+    out = to_square_rgb(gradient_rgb(0, size=(5, 7)), 64)
+    assert out.size == (64, 64) and out.mode == "RGB"
+
+
+def test_bad_fit_names_value():
+    with pytest.raises(PackError, match="stretch"):
+        to_square_rgb(Image.new("RGB", (4, 4)), 4, fit="stretch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient_rgb(1).save(src / "good1.png")
+    gradient_rgb(2).save(src / "good2.png")
+    noise = np.random.default_rng(0).integers(0, 256, 4000, np.uint8)
+    (src / "corrupt.jpg").write_bytes(noise.tobytes())
+    full = io.BytesIO()
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)
+    Image.fromarray(noise).save(full, "PNG")
+    (src / "truncated.png").write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    (src / "empty.png").write_bytes(b"")
+
+    summary = pack_folder(src, tmp_path / "out", 8)
+
+    bad = {"corrupt.jpg", "truncated.png", "empty.png"}
+    assert summary.num_samples == 2
+    assert {s["path"] for s in summary.skipped} == bad
+    assert all(s["reason"] for s in summary.skipped)
+    text = summary.to_text()
+    assert "2 samples" in text and "3 skipped" in text
+    for name in bad:
+        assert name in text
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert {s["path"] for s in index["skipped"]} == bad
+    sources = [s["json"]["source"] for s in read_shards(tmp_path / "out")]
+    assert sources == ["good1.png", "good2.png"]
+    assert capsys.readouterr().out == ""  # quiet unless verbose
+
+
+def test_all_unreadable_is_an_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"")
+    with pytest.raises(PackError, match="a.png"):
+        pack_folder(src, tmp_path / "out", 8)
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards, index, determinism
+# ---------------------------------------------------------------------------------------------
+
+
+def make_tree(src: Path) -> list[str]:
+    """Seven images in nested folders (mixed extensions/case) plus non-images.
+
+    Returns the image paths relative to ``src`` in sorted order.
+    """
+    rels = ["b/x/1.png", "a/2.PNG", "a/10.png", "c.bmp", "d.webp", "e/f.JPEG", "g.png"]
+    for i, rel in enumerate(rels):
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt = {".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".jpeg": "JPEG"}[path.suffix.lower()]
+        extra = {"lossless": True} if fmt == "WEBP" else {}
+        gradient_rgb(10 + i, size=(12 + i, 8)).save(path, format=fmt, **extra)
+    (src / "notes.txt").write_text("not an image")
+    (src / "a" / "x.gif").write_bytes(b"GIF89a")
+    return sorted(rels)
+
+
+def test_shard_split_index_and_readback(tmp_path):
+    src = tmp_path / "src"
+    rels = make_tree(src)
+    out = tmp_path / "out"
+    summary = pack_folder(src, out, 8, shard_size=3)
+
+    assert summary.num_samples == 7 and summary.resolution == 8 and summary.skipped == []
+    assert [s["count"] for s in summary.shards] == [3, 3, 1]
+    assert [s["name"] for s in summary.shards] == ["000000.tar", "000001.tar", "000002.tar"]
+    assert "7 samples in 3 shards at 8x8" in summary.to_text()
+
+    index = json.loads((out / "index.json").read_text())
+    assert index["num_samples"] == 7 and index["resolution"] == 8 and index["fit"] == "crop"
+    assert index["shards"] == summary.shards
+    for shard in index["shards"]:
+        assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+
+    samples = read_shards(out)
+    assert [s["__key__"] for s in samples] == [f"{i:08d}" for i in range(7)]
+    assert [s["json"]["source"] for s in samples] == rels
+    for rel, sample in zip(rels, samples):
+        expected = np.asarray(to_square_rgb(Image.open(src / rel), 8))
+        assert sample["png"].shape == (8, 8, 3) and sample["png"].dtype == np.uint8
+        np.testing.assert_array_equal(sample["png"], expected)
+
+
+def test_rerun_is_byte_identical(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src)
+    a = pack_folder(src, tmp_path / "a", 8, shard_size=3)
+    # Move the clock an hour on so any wall-clock timestamp leaking into the tars would differ.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600.0)
+    b = pack_folder(src, tmp_path / "b", 8, shard_size=3)
+    assert a.shards == b.shards
+    for shard in a.shards:
+        name = shard["name"]
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    index_a, index_b = (tmp_path / d / "index.json" for d in "ab")
+    assert index_a.read_bytes() == index_b.read_bytes()
+
+
+def test_rerun_with_fewer_samples_removes_stale_shards(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    out = tmp_path / "out"
+    pack_folder(src, out, 8, shard_size=2)  # 4 shards
+    (out / "keep.tar").write_bytes(b"x")  # not shard-named: must survive
+    (out / "12345.tar").write_bytes(b"x")
+    summary = pack_folder(src, out, 8, shard_size=5)  # 2 shards
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert tars == ["000000.tar", "000001.tar", "12345.tar", "keep.tar"]
+    assert [s["count"] for s in summary.shards] == [5, 2]
+    assert len(read_shards(out)) == 7
+    assert not list(out.glob(".*tmp"))
+
+
+def test_verbose_prints(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_tree(src)
+    pack_folder(src, tmp_path / "out", 4, shard_size=4, verbose=True)
+    assert "000001.tar" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_src(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(PackError, match="nope"):
+        pack_folder(missing, tmp_path / "out", 8)
+
+
+def test_src_is_a_file(tmp_path):
+    f = tmp_path / "file.png"
+    gradient_rgb(0).save(f)
+    with pytest.raises(PackError, match="file.png"):
+        pack_folder(f, tmp_path / "out", 8)
+
+
+def test_empty_src(tmp_path):
+    src = tmp_path / "emptydir"
+    (src / "sub").mkdir(parents=True)
+    (src / "readme.txt").write_text("hi")
+    with pytest.raises(PackError, match="emptydir"):
+        pack_folder(src, tmp_path / "out", 8)
+
+
+@pytest.mark.parametrize("resolution", [100, 0, -8, 2, 8192, 8.0, "64", True])
+def test_bad_resolution(tmp_path, resolution):
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient_rgb(0).save(src / "a.png")
+    with pytest.raises(PackError, match=repr(resolution).replace(".", r"\.")):
+        pack_folder(src, tmp_path / "out", resolution)
+
+
+def test_bad_fit_and_shard_size(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient_rgb(0).save(src / "a.png")
+    with pytest.raises(PackError, match="squash"):
+        pack_folder(src, tmp_path / "out", 8, fit="squash")
+    with pytest.raises(PackError, match="shard_size"):
+        pack_folder(src, tmp_path / "out", 8, shard_size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory arrays and the demo dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pack_arrays_dtypes_and_channels(tmp_path):
+    gray8 = np.full((6, 6), 50, np.uint8)
+    gray16 = np.full((6, 6), 65535, np.uint16)
+    flt = np.full((6, 6, 3), 0.5)
+    rgba = np.zeros((6, 6, 4), np.uint8)  # fully transparent -> white
+    images = [gray8, gray16, flt, rgba]
+    summary = pack_arrays(images, tmp_path / "out", 4, fit="pad", names=list("abcd"))
+    assert summary.num_samples == 4
+    samples = read_shards(tmp_path / "out")
+    assert [s["json"]["source"] for s in samples] == list("abcd")
+    assert (samples[0]["png"] == 50).all()
+    assert (samples[1]["png"] == 255).all()
+    assert (np.abs(samples[2]["png"].astype(int) - 128) <= 1).all()
+    assert (samples[3]["png"] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (np.zeros((4, 4), np.int64), "int64"),
+        (np.full((4, 4), 2.0), "1"),
+        (np.zeros((4, 4, 2), np.uint8), r"\(4, 4, 2\)"),
+    ],
+)
+def test_pack_arrays_rejects_bad_arrays(tmp_path, bad, needle):
+    out = tmp_path / "out"
+    with pytest.raises(PackError, match=needle):
+        pack_arrays([np.zeros((4, 4), np.uint8), bad], out, 4)
+    # The half-written first shard is dropped and no index claims a finished pack.
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_failed_rerun_keeps_previous_pack(tmp_path):
+    out = tmp_path / "out"
+    pack_arrays([np.zeros((4, 4), np.uint8)] * 3, out, 4)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(PackError, match="broken.png"):
+        pack_folder(src, out, 4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_demo_faces_are_the_first_hundred():
+    from skimage.data import lfw_subset
+
+    from scalegan.data.demo import demo_faces
+
+    faces = demo_faces()
+    assert faces.shape == (100, 25, 25) and faces.dtype == np.uint8
+    np.testing.assert_array_equal(faces, np.rint(lfw_subset()[:100] * 255).astype(np.uint8))
+
+
+def test_pack_demo(tmp_path):
+    from scalegan.data.demo import pack_demo
+
+    summary = pack_demo(tmp_path / "demo")
+    assert summary.num_samples == 100 and summary.resolution == 32
+    assert [s["count"] for s in summary.shards] == [25, 25, 25, 25]
+    samples = read_shards(tmp_path / "demo")
+    assert len(samples) == 100 and samples[0]["png"].shape == (32, 32, 3)
+    assert samples[7]["json"]["source"] == "lfw_subset/007"
+
+
+def test_demo_without_skimage_names_the_package(monkeypatch):
+    from scalegan.data import demo
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # makes `import skimage` raise ImportError
+    with pytest.raises(ImportError, match="pip install scikit-image"):
+        demo.demo_faces()
