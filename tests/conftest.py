@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny WebDataset shards written straight into tmp_path."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shards(directory: Path, num_shards: int, per_shard: int, resolution: int,
+                 seed: int = 0) -> list[str]:
+    """``num_shards`` tars of ``per_shard`` random RGB PNGs keyed 00000000, 00000001, ..."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for s in range(num_shards):
+        path = directory / f"{s:06d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                img = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+                sink.write({"__key__": f"{s * per_shard + i:08d}", "png": png_bytes(img)})
+        urls.append(str(path))
+    return urls
+
+
+@pytest.fixture
+def shards(tmp_path: Path):
+    """Factory: shards(num_shards, per_shard, resolution) -> list of tar paths."""
+    def make(num_shards: int = 4, per_shard: int = 6, resolution: int = 16, seed: int = 0):
+        return write_shards(tmp_path / f"shards_{num_shards}_{per_shard}_{resolution}_{seed}",
+                            num_shards, per_shard, resolution, seed)
+    return make
