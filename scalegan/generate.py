@@ -11,7 +11,7 @@ from PIL import Image
 from scalegan.config import config_from_dict
 from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid, to_uint8
-from scalegan.train.checkpoint import read_meta, resolve_checkpoint
+from scalegan.train.checkpoint import quiet_single_process, read_meta, resolve_checkpoint
 from scalegan.train.trainer import ModelState
 
 
@@ -21,7 +21,8 @@ def load_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
     meta = read_meta(path)
     cfg = config_from_dict(meta["config"])
     G, _ = build_models(cfg.model)
-    dcp.load({"G_ema": ModelState(G)}, checkpoint_id=path)  # reads only G_ema's tensors
+    with quiet_single_process():
+        dcp.load({"G_ema": ModelState(G)}, checkpoint_id=path)  # reads only G_ema's tensors
     return G.eval().requires_grad_(False), meta
 
 

@@ -138,8 +138,10 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1,
     ``x`` ``(N, C, H, W)`` -> ``(N, C + num_channels, H, W)``.
 
     The batch is split into ``N // G`` groups of ``G = min(group_size, N)`` samples; ``N`` must be
-    divisible by ``G``. As in StyleGAN2 the split is strided: sample ``i`` is in group
-    ``i % (N // G)``. For each group the std over the group of every feature
+    divisible by ``G``. Groups are consecutive samples (sample ``i`` is in group ``i // G``), so a
+    batch cut into micro-batches or per-rank shards whose sizes are multiples of ``G`` gets the same
+    statistics as the whole batch (StyleGAN2 strides instead; that would tie the statistic to how
+    the batch is split). For each group the std over the group of every feature
     (``sqrt(var + eps)``, biased variance; eps keeps the gradient finite when all samples of a group
     are equal, e.g. G = 1) is averaged over the ``C / num_channels`` channels of each channel group
     and over all pixels, giving ``num_channels`` scalars per group that are broadcast to
@@ -162,12 +164,12 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1,
     # Low-precision inputs (bf16 autocast): the variance of small deviations needs fp32; the
     # statistic is tiny (N x F scalars) so this costs nothing.
     y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    y = y.reshape(g, n // g, f, c // f, h, w)  # (G, n, F, c, H, W); n = number of groups
-    y = y - y.mean(dim=0)  # deviation from the group mean
-    y = y.square().mean(dim=0)  # (n, F, c, H, W) biased variance over the group
+    y = y.reshape(n // g, g, f, c // f, h, w)  # (n, G, F, c, H, W); n = number of groups
+    y = y - y.mean(dim=1, keepdim=True)  # deviation from the group mean
+    y = y.square().mean(dim=1)  # (n, F, c, H, W) biased variance over the group
     y = (y + eps).sqrt()  # std
     y = y.mean(dim=(2, 3, 4))  # (n, F) average over channels of each channel group and pixels
-    y = y.reshape(n // g, f, 1, 1).repeat(g, 1, h, w)  # (N, F, H, W); row i <- group i % n
+    y = y.reshape(n // g, f, 1, 1).repeat_interleave(g, dim=0).expand(n, f, h, w)  # row i <- i // G
     return torch.cat([x, y.to(x.dtype)], dim=1)  # (N, C + F, H, W)
 
 

@@ -15,11 +15,13 @@ one. DCP never unpickles code on load, and it reshards when the world size chang
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,14 @@ def _barrier() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def quiet_single_process():
+    """DCP warns that it assumes a single process when no process group exists: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -110,7 +120,8 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         _barrier()
-        dcp.save(app_state, checkpoint_id=tmp)
+        with quiet_single_process():
+            dcp.save(app_state, checkpoint_id=tmp)
         _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
         _barrier()
         if rank == 0:
@@ -142,7 +153,8 @@ class CheckpointManager:
     @staticmethod
     def load(path: Path, app_state: dict[str, Any]) -> tuple[dict, dict | None]:
         """Load ``app_state`` in place from ``path``; returns (meta, this rank's state or None)."""
-        dcp.load(app_state, checkpoint_id=path)
+        with quiet_single_process():
+            dcp.load(app_state, checkpoint_id=path)
         meta = json.loads((path / META).read_text())
         rank_file = path / f"rank_{_rank():05d}.json"
         rank_state = json.loads(rank_file.read_text()) if rank_file.is_file() else None

@@ -66,6 +66,25 @@ class OptimizerState:
         set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
+def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create Adam's per-parameter state now, exactly as its first step would (step 0, zero
+    moments).
+
+    Blocks of resolutions not reached yet get no gradient, and Adam leaves a parameter without a
+    gradient untouched, so this changes no update. It makes the set of state keys constant over
+    the run, which a checkpoint needs: without it, a resume before a block activates would restore
+    state for fewer parameters than the saved run had, or invent some.
+    """
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=scalar)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 @dataclass
 class MicroBatch:
     real: torch.Tensor
@@ -133,6 +152,8 @@ class Trainer:
                                  eps=oc.eps)
         opt_D = torch.optim.Adam(self.D.parameters(), lr=oc.d_lr * c,
                                  betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
+        for opt in (opt_G, opt_D):
+            init_adam_state(opt)
         return opt_G, opt_D
 
     def _open_data(self) -> ImageStream:

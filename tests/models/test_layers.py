@@ -74,18 +74,18 @@ def test_pixel_norm_unit_mean_square_per_pixel():
 
 
 def _reference_mbstd(x: torch.Tensor, group_size: int, num_channels: int) -> torch.Tensor:
-    """Loop version: groups are {j, j + n, j + 2n, ...} (StyleGAN2 strided split), n = N // G."""
+    """Loop version: groups are consecutive samples {jG, ..., jG + G - 1}."""
     n_batch, c, h, w = x.shape
     g = min(group_size, n_batch)
     n_groups = n_batch // g
     extra = torch.empty(n_batch, num_channels, h, w, dtype=x.dtype)
     cpg = c // num_channels
     for j in range(n_groups):
-        members = x[j::n_groups]  # (G, C, H, W)
+        members = x[j * g:(j + 1) * g]  # (G, C, H, W)
         assert members.shape[0] == g
         std = torch.std(members, dim=0, unbiased=False)  # (C, H, W)
         for f in range(num_channels):
-            extra[j::n_groups, f] = std[f * cpg:(f + 1) * cpg].mean()
+            extra[j * g:(j + 1) * g, f] = std[f * cpg:(f + 1) * cpg].mean()
     return torch.cat([x, extra], dim=1)
 
 
@@ -106,10 +106,10 @@ def test_minibatch_stddev_groups_are_independent():
     # Changing a sample of group 0 must not change the statistic of group 1 (N=8, G=4: 2 groups).
     x = torch.randn(8, 4, 4, 4, dtype=torch.float64)
     y = x.clone()
-    y[0] += 5.0  # sample 0 is in group 0 = {0, 2, 4, 6}
+    y[0] += 5.0  # sample 0 is in group 0 = {0, 1, 2, 3}
     a, b = minibatch_stddev(x, 4, 1), minibatch_stddev(y, 4, 1)
-    torch.testing.assert_close(a[1::2, 4], b[1::2, 4], rtol=0, atol=0)
-    assert not torch.allclose(a[0::2, 4], b[0::2, 4])
+    torch.testing.assert_close(a[4:, 4], b[4:, 4], rtol=0, atol=0)
+    assert not torch.allclose(a[:4, 4], b[:4, 4])
 
 
 def test_minibatch_stddev_indivisible_batch_names_n_and_group_size():
@@ -132,3 +132,11 @@ def test_minibatch_stddev_bf16_keeps_dtype():
     x = torch.randn(4, 8, 4, 4).bfloat16()
     out = minibatch_stddev(x, 4, 1)
     assert out.dtype == torch.bfloat16 and out.shape == (4, 9, 4, 4)
+
+
+def test_minibatch_stddev_is_invariant_to_splitting_the_batch_in_multiples_of_the_group():
+    # Gradient accumulation and data parallelism cut the batch; consecutive groups make that exact.
+    x = torch.randn(16, 4, 4, 4, dtype=torch.float64)
+    whole = minibatch_stddev(x, 4, 1)
+    parts = torch.cat([minibatch_stddev(x[:8], 4, 1), minibatch_stddev(x[8:], 4, 1)])
+    torch.testing.assert_close(whole, parts, rtol=0, atol=0)
