@@ -1,0 +1,36 @@
+# `make demo`: installs into .venv, packs the built-in faces, trains a progressive GAN, samples.
+# `make test`: installs into .venv and runs the whole test suite.
+# torch is pinned to the CPU build 2.13.0 here; on a GPU machine install your CUDA torch first
+# (or use the Dockerfile) and `pip install -e .`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+DEMO_DATA := data/demo_faces32
+DEMO_CFG  := configs/demo_faces32_pggan.yaml
+
+.PHONY: demo test install clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DEMO_DATA)/index.json: | $(STAMP)
+	$(BIN)/scalegan pack demo $(DEMO_DATA) --resolution 32
+
+demo: $(STAMP) $(DEMO_DATA)/index.json
+	$(BIN)/scalegan train $(DEMO_CFG) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf $(DEMO_DATA) runs/demo_faces32
