@@ -251,6 +251,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # name=2024 on the command line is a name, not a number
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(tp)}, "
                           f"got {type(value).__name__}")
@@ -274,10 +276,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, tp, value)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
+    return cls(**kwargs)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
