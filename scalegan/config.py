@@ -1,6 +1,6 @@
 """One typed configuration tree for every scalegan command.
 
-Values are merged in this order: dataclass defaults -> YAML file -> ``a.b=c`` command-line overrides.
+Values are merged in this order: dataclass defaults -> YAML file -> ``a.b=c`` overrides.
 Every field is documented where it is declared and validated in ``__post_init__`` (types by
 ``_coerce``), so a bad value fails before any work starts with a message that names the key.
 The resolved tree is written to the run directory and into every checkpoint.
@@ -52,7 +52,8 @@ class ModelConfig:
     """Feature maps appended by minibatch stddev."""
 
     def __post_init__(self) -> None:
-        _check(self.arch in ("progressive", "dcgan"), "model.arch", self.arch, "progressive | dcgan")
+        _check(self.arch in ("progressive", "dcgan"), "model.arch", self.arch,
+               "progressive | dcgan")
         _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "model.resolution",
                self.resolution, "a power of two from 8 to 1024")
         _check(self.img_channels in (1, 3), "model.img_channels", self.img_channels, "1 or 3")
@@ -167,7 +168,8 @@ class TrainConfig:
         _check(self.batch_size % self.grad_accum == 0, "train.grad_accum", self.grad_accum,
                f"a divisor of train.batch_size={self.batch_size}")
         _check(self.precision in ("fp32", "bf16"), "train.precision", self.precision, "fp32 | bf16")
-        _check(self.ema_halflife_kimg >= 0, "train.ema_halflife_kimg", self.ema_halflife_kimg, ">= 0")
+        _check(self.ema_halflife_kimg >= 0, "train.ema_halflife_kimg", self.ema_halflife_kimg,
+               ">= 0")
         _check(self.ema_rampup >= 0, "train.ema_rampup", self.ema_rampup, ">= 0")
 
 
@@ -292,12 +294,13 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_merge(out[k], v) if both else v
     return out
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """``['train.batch_size=32', 'data.shards=x/{0..3}.tar']`` -> nested dict (YAML-typed values)."""
+    """``['train.batch_size=32', 'data.shards=x/{0..3}.tar']`` -> nested dict of YAML values."""
     tree: dict = {}
     for item in overrides:
         if "=" not in item:

@@ -6,7 +6,7 @@ that gradient accumulation over micro-batches divides by the number of micro-bat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,11 +7,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from monitor.wandb_records import history_keys
 from PIL import Image
 
 from scalegan.cli import main
-
-from monitor.wandb_records import history_keys
 
 CONFIG = "configs/demo_faces32_pggan.yaml"
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +83,8 @@ def test_pack_train_generate_end_to_end(tmp_path, capsys, monkeypatch):
     keys = history_keys(run_files[0])
     assert {"loss/D", "loss/G", "resolution", "alpha", "images_per_s"} <= keys
     assert any(k.startswith("samples/") for k in keys)
-    images = glob.glob(str(run / "wandb" / "offline-run-*" / "files" / "media" / "images" / "*.png"))
+    media = run / "wandb" / "offline-run-*" / "files" / "media" / "images"
+    images = glob.glob(str(media / "*.png"))
     assert images
 
     # generate: reproducible by seed, different for another seed

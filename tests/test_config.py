@@ -16,7 +16,8 @@ from scalegan.config import (
 
 def test_defaults_then_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  resolution: 64\ntrain:\n  batch_size: 8\n  schedule:\n    fade_kimg: 5\n")
+    path.write_text("model:\n  resolution: 64\n"
+                    "train:\n  batch_size: 8\n  schedule:\n    fade_kimg: 5\n")
     cfg = load_config(path, ["train.batch_size=16", "train.schedule.stable_kimg=7", "name=2024"])
     assert cfg.model.resolution == 64                   # from YAML
     assert cfg.train.batch_size == 16                   # override beats YAML

@@ -19,9 +19,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -328,7 +329,7 @@ class _ShardSink:
             self._writer = wds.TarWriter(self._hasher, **_TAR_OPTIONS)
             self._count = 0
         sample = {
-            "__key__": "%08d" % self.total,
+            "__key__": f"{self.total:08d}",
             "json": json.dumps({"source": source}, ensure_ascii=False).encode("utf-8"),
             "png": _png_bytes(img),
         }

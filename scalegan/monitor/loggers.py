@@ -90,8 +90,9 @@ class WandbLogger(Logger):
         self.mode = resolve_wandb_mode(mode)
         self.run = wandb.init(project=project, name=name, id=run_id_for(run_dir), resume="allow",
                               dir=str(run_dir), config=config, mode=self.mode, group=group,
-                              settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_machine_info=True,
-                                                      silent=True))
+                              settings=wandb.Settings(console="off", silent=True,
+                                                      x_disable_stats=True,
+                                                      x_disable_machine_info=True))
         self.run_path = Path(self.run.dir).parent if self.mode != "disabled" else None
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:

@@ -7,9 +7,9 @@ from tqdm import tqdm
 
 class Progress:
     def __init__(self, total_images: int, start: int = 0, enabled: bool = True):
+        fmt = "{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}"
         self.bar = tqdm(total=total_images / 1000, initial=start / 1000, unit="kimg",
-                        disable=not enabled, dynamic_ncols=True, bar_format=(
-                            "{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}"))
+                        disable=not enabled, dynamic_ncols=True, bar_format=fmt)
         self.seen = start
 
     def update(self, images_seen: int, scalars: dict[str, float] | None = None) -> None:

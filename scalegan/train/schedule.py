@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -38,7 +37,3 @@ def phase_at(images_seen: int, start_resolution: int, final_resolution: int, fad
     alpha = 1.0 if fade_kimg <= 0 else min(1.0, into / fade_kimg)
     return Phase(resolution, alpha)
 
-
-def num_levels(start_resolution: int, final_resolution: int) -> int:
-    """Resolutions visited, start and final included."""
-    return int(math.log2(final_resolution // start_resolution)) + 1 if final_resolution > start_resolution else 1

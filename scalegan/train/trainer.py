@@ -100,7 +100,9 @@ class StepStats:
     values: dict[str, float] = field(default_factory=dict)
 
     def add(self, key: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
-        self.values[key] = self.values.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * weight
+        if torch.is_tensor(value):
+            value = value.detach().item()
+        self.values[key] = self.values.get(key, 0.0) + value * weight
 
 
 def _encode_rng(state: torch.Tensor) -> str:

@@ -284,7 +284,7 @@ def test_shard_split_index_and_readback(tmp_path):
     samples = read_shards(out)
     assert [s["__key__"] for s in samples] == [f"{i:08d}" for i in range(7)]
     assert [s["json"]["source"] for s in samples] == rels
-    for rel, sample in zip(rels, samples):
+    for rel, sample in zip(rels, samples, strict=True):
         expected = np.asarray(to_square_rgb(Image.open(src / rel), 8))
         assert sample["png"].shape == (8, 8, 3) and sample["png"].dtype == np.uint8
         np.testing.assert_array_equal(sample["png"], expected)

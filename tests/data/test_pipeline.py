@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from PIL import Image
+from conftest import png_bytes
 
 from scalegan.data.pipeline import DataError, ImageStream, decode_image, expand_shards
-
-from conftest import png_bytes
 
 
 def read_epoch0(stream: ImageStream) -> dict[int, list[str]]:
@@ -69,7 +67,7 @@ def test_restart_from_state_continues_exactly(shards, num_workers):
     first.close()
     resumed = ImageStream(urls, **kw)
     resumed.load_state_dict(state)
-    for (want_img, want_keys), (img, keys) in zip(reference[11:], _take(resumed, 14)):
+    for (want_img, want_keys), (img, keys) in zip(reference[11:], _take(resumed, 14), strict=True):
         assert keys == want_keys
         assert torch.equal(img, want_img)
     resumed.close()
@@ -152,7 +150,8 @@ def test_resolution_change_restarts_at_position(shards):
     a = ImageStream(urls, batch_size=2, resolution=16, seed=0)
     ref = [a.next_batch() for _ in range(4)]
     b = ImageStream(urls, batch_size=2, resolution=16, seed=0)
-    b.next_batch(); b.next_batch()
+    b.next_batch()
+    b.next_batch()
     b.set_resolution(8)
     img, keys = b.next_batch()
     assert keys == ref[2][1] and img.shape[-1] == 8

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from scalegan.config import ModelConfig
 from scalegan.models import (

@@ -45,5 +45,5 @@ def test_update_ema_is_a_lerp():
     model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = [p.detach().clone() for p in ema.parameters()]
     update_ema(ema, model, beta=0.9)
-    for p_ema, p0, p in zip(ema.parameters(), before, model.parameters()):
+    for p_ema, p0, p in zip(ema.parameters(), before, model.parameters(), strict=True):
         torch.testing.assert_close(p_ema, 0.9 * p0 + 0.1 * p.detach(), rtol=1e-6, atol=1e-7)

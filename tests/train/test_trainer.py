@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_shards
 
 from scalegan.config import load_config
 from scalegan.train.trainer import MicroBatch, Trainer
-
-from conftest import write_shards
 
 
 def tiny_overrides(tmp_path: Path, name: str = "t") -> list[str]:
@@ -58,7 +57,7 @@ def test_resume_gives_identical_losses(tmp_path, num_workers):
     assert {r[4] for r in want} == {8, 16} and any(0 < r[5] < 1 for r in want)
     assert got == want  # bit-identical floats, step by step
     assert second.images_seen == straight.images_seen == 2 * k * 8
-    for a, b in zip(straight.G_ema.parameters(), second.G_ema.parameters()):
+    for a, b in zip(straight.G_ema.parameters(), second.G_ema.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -86,13 +85,13 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
         t.r1_phase(batches, phase)
         t.g_phase(batches, phase)
     for name, a, b in (("G", one.G, two.G), ("D", one.D, two.D)):
-        for (pn, pa), pb in zip(a.named_parameters(), b.parameters()):
+        for (pn, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
             if pa.grad is not None:
                 torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-9, atol=1e-12,
                                            msg=f"{name}.{pn} gradient")
             torch.testing.assert_close(pa, pb, rtol=0, atol=1e-9, msg=f"{name}.{pn}")
     moved = sum(int(not torch.equal(p, q)) for p, q in zip(
-        one.D.parameters(), _copy_trainer(tmp_path, []).D.parameters()))
+        one.D.parameters(), _copy_trainer(tmp_path, []).D.parameters(), strict=True))
     assert moved > 0  # the step did change D
 
 
