@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tqdm import tqdm
 
 
@@ -9,7 +11,9 @@ class Progress:
     def __init__(self, total_images: int, start: int = 0, enabled: bool = True):
         fmt = "{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}"
         self.bar = tqdm(total=total_images / 1000, initial=start / 1000, unit="kimg",
-                        disable=not enabled, dynamic_ncols=True, bar_format=fmt)
+                        disable=not enabled, dynamic_ncols=True, bar_format=fmt,
+                        # a log file (no terminal) gets a line every 30 s, not every step
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
         self.seen = start
 
     def update(self, images_seen: int, scalars: dict[str, float] | None = None) -> None:
