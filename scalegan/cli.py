@@ -59,16 +59,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     except DataError as e:
         return _fail(str(e))
 
+    from scalegan.parallel.env import init_distributed, shutdown
     from scalegan.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    print(_describe_models(cfg), file=sys.stderr)
+    env = init_distributed()
     try:
-        trainer.train(max_steps=args.max_steps)
-    except DataError as e:
-        return _fail(str(e))
+        trainer = Trainer(cfg, env)
+        if env.is_main:
+            print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
+                  f"{trainer.strategy.name}", file=sys.stderr)
+        try:
+            trainer.train(max_steps=args.max_steps)
+        except DataError as e:
+            return _fail(str(e))
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        shutdown(env)
+    if not env.is_main:
+        return 0
     run = cfg.run_dir
     print(f"run directory : {run}")
     print(f"sample grid   : {run / 'samples' / 'latest.png'}")

@@ -174,6 +174,26 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """How G and D are spread over ranks: ddp replicates them, fsdp shards them (FSDP2), deepspeed
+    uses one ZeRO engine each. A single process trains the plain modules whatever this says."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (1, 2 or 3)."""
+    reshard_after_forward: bool = True
+    """FSDP: free gathered parameters after each block's forward (less memory, more traffic)."""
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP mixed precision: dtype of gathered parameters for compute."""
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP mixed precision: dtype of gradient reduction."""
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in ("ddp", "fsdp", "deepspeed"), "parallel.strategy", self.strategy,
+               "ddp | fsdp | deepspeed")
+        _check(self.zero_stage in (1, 2, 3), "parallel.zero_stage", self.zero_stage, "1, 2 or 3")
+
+
+@dataclass
 class CheckpointConfig:
     every_kimg: float = 50.0
     """Write a checkpoint every this many thousand images (and always at the end)."""
@@ -220,6 +240,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

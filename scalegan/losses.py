@@ -55,14 +55,13 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 
 
 def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                     fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP penalty (||dD(x_hat)/dx_hat|| - 1)^2 on random interpolates, shape (N,).
+                     fake: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP penalty (||dD(x_hat)/dx_hat|| - 1)^2 on interpolates, shape (N,).
 
-    ``discriminator`` maps images (N, C, H, W) to logits (N,); ``generator`` draws the mixing
-    weights so a seeded run stays deterministic.
+    ``discriminator`` maps images (N, C, H, W) to logits (N,); ``mix`` (N,) in [0, 1] are the
+    mixing weights x_hat = mix * real + (1 - mix) * fake, drawn by the caller (seeded).
     """
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype,
-                     generator=generator)
+    eps = mix.reshape(-1, 1, 1, 1).to(real.dtype)
     mixed = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
     logits = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.float().sum(), mixed, create_graph=True)

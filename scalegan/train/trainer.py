@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -33,6 +34,8 @@ from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from scalegan.monitor.progress import Progress
+from scalegan.parallel import build_strategy
+from scalegan.parallel.env import DistEnv
 from scalegan.train.checkpoint import CheckpointManager
 from scalegan.train.ema import ema_beta, update_ema
 from scalegan.train.schedule import Phase, phase_at
@@ -116,25 +119,34 @@ def _decode_rng(text: str) -> torch.Tensor:
 class Trainer:
     """Trains G and D of ``cfg`` in ``cfg.run_dir``; ``train()`` resumes automatically."""
 
-    def __init__(self, cfg: Config, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.env = env or DistEnv()
+        self.device = self.env.device
         self.run_dir = cfg.run_dir
-        self.rank, self.world = 0, 1
+        self.rank, self.world = self.env.rank, self.env.world_size
+        self.is_main = self.rank == 0
         tc = cfg.train
+        if tc.batch_size % (tc.grad_accum * self.world):
+            raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by "
+                             f"train.grad_accum x world size = {tc.grad_accum} x {self.world}")
+        self.micro_batch = tc.batch_size // (tc.grad_accum * self.world)
 
-        torch.manual_seed(tc.seed)  # weight initialisation
+        torch.manual_seed(tc.seed)  # weight initialisation: the same on every rank
         self.G, self.D = build_models(cfg.model)
         self.G.to(self.device)
         self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.strategy = build_strategy(cfg.parallel, self.env)
+        self.strategy.wrap(self.G, self.D)
         self.opt_G, self.opt_D = self._make_optimizers()
 
-        # Latents and penalty mixing weights come from one generator whose state is checkpointed.
-        self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1 + self.rank)
+        # Latents and penalty mixing weights come from one generator, identical on every rank: each
+        # rank draws the global batch and keeps its slice, so a run's randomness does not depend on
+        # the world size. Its state is checkpointed.
+        self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1)
         self.images_seen = 0
         self.step = 0
-        self.micro_batch = tc.batch_size // (tc.grad_accum * self.world)
         self.sample_z = torch.randn(cfg.log.sample_grid ** 2, cfg.model.latent_dim,
                                     generator=torch.Generator().manual_seed(tc.seed + 31337))
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
@@ -194,8 +206,14 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _global_draw(self, fn, n: int, *shape: int) -> torch.Tensor:
+        """Draw the global batch (n per rank) with ``fn`` from the shared RNG; keep this rank's."""
+        full = fn(n * self.world, *shape, generator=self.rng)
+        return full[self.rank * n:(self.rank + 1) * n].to(self.device)
+
     def latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.model.latent_dim, generator=self.rng).to(self.device)
+        """(n, latent_dim) latents for this rank's share of the global batch."""
+        return self._global_draw(torch.randn, n, self.cfg.model.latent_dim)
 
     def next_micro_batches(self) -> list[MicroBatch]:
         """``grad_accum`` micro-batches of real images and latents for one optimizer step."""
@@ -215,17 +233,20 @@ class Trainer:
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         res, alpha = phase.resolution, phase.alpha
+        D = self.strategy.trainable("D")
         for mb in batches:
             with self.autocast():
-                fake = self.G(mb.z_d, res, alpha)
-                real_logits = self.D(mb.real, res, alpha)
-                fake_logits = self.D(fake.detach(), res, alpha)
+                with torch.no_grad():
+                    fake = self.G(mb.z_d, res, alpha)
+                real_logits = D(mb.real, res, alpha)
+                fake_logits = D(fake, res, alpha)
             loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
             stats.add("loss/D", loss, 1 / len(batches))
             if lc.kind == "wgan_gp" and lc.gp_weight > 0:
+                mix = self._global_draw(torch.rand, mb.real.shape[0])
                 with self.autocast():
-                    gp = losses.gradient_penalty(lambda x: self.D(x, res, alpha), mb.real, fake,
-                                                 generator=self.rng).mean()
+                    gp = losses.gradient_penalty(lambda x: D(x, res, alpha), mb.real, fake,
+                                                 mix).mean()
                 loss = loss + lc.gp_weight * gp
                 stats.add("loss/gp", gp, 1 / len(batches))
             (loss / len(batches)).backward()
@@ -236,10 +257,11 @@ class Trainer:
         """Lazy R1: gamma/2 * ||grad D(real)||^2, scaled by the interval it stands for."""
         lc, stats = self.cfg.loss, StepStats()
         self.opt_D.zero_grad(set_to_none=True)
+        D = self.strategy.trainable("D")
         for mb in batches:
             real = mb.real.detach().requires_grad_(True)
             with self.autocast():
-                real_logits = self.D(real, phase.resolution, phase.alpha)
+                real_logits = D(real, phase.resolution, phase.alpha)
             penalty = losses.r1_penalty(real_logits, real).mean()
             stats.add("loss/r1", penalty, 1 / len(batches))
             # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers expect.
@@ -254,9 +276,10 @@ class Trainer:
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
+        G = self.strategy.trainable("G")
         for mb in batches:
             with self.autocast():
-                fake_logits = self.D(self.G(mb.z_g, phase.resolution, phase.alpha),
+                fake_logits = self.D(G(mb.z_g, phase.resolution, phase.alpha),
                                      phase.resolution, phase.alpha)
             loss = losses.g_loss(self.cfg.loss.kind, fake_logits)
             stats.add("loss/G", loss, 1 / len(batches))
@@ -288,14 +311,15 @@ class Trainer:
     def train(self, max_steps: int | None = None) -> None:
         """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
         if cfg.checkpoint.resume:
             self.resume()
         self.data = self.data or self._open_data()
-        self.logger = self.logger or self._open_loggers()
+        self.logger = self.logger or (self._open_loggers() if self.is_main else Logger())
         total = int(cfg.train.total_kimg * 1000)
-        progress = Progress(total, self.images_seen, enabled=cfg.log.progress)
+        progress = Progress(total, self.images_seen, enabled=cfg.log.progress and self.is_main)
         window: list[dict[str, float]] = []
         t0, seen0 = time.perf_counter(), self.images_seen
         steps = 0
@@ -335,12 +359,19 @@ class Trainer:
         return prev_seen // every != self.images_seen // every
 
     def _summarise(self, window: list[dict[str, float]], images_per_s: float) -> dict[str, float]:
-        keys = sorted({k for row in window for k in row})
+        """Scalars of the last ``window`` steps, averaged over steps and over ranks."""
+        keys = sorted({k for row in window for k in row if k.startswith("loss/")})
         out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
                for k in keys}
+        skipped = float(self.data.skipped)
+        if self.env.distributed:
+            values = torch.tensor([*out.values(), skipped], dtype=torch.float64)
+            dist.all_reduce(values)  # gloo and nccl both sum; the losses are then divided
+            out = {k: v / self.world for k, v in zip(out, values[:-1].tolist(), strict=True)}
+            skipped = values[-1].item()
         out.update(kimg=self.images_seen / 1000, images_seen=self.images_seen,
                    images_per_s=images_per_s, resolution=window[-1]["resolution"],
-                   alpha=window[-1]["alpha"], data_skipped=self.data.skipped)
+                   alpha=window[-1]["alpha"], data_skipped=int(skipped))
         return out
 
     # ------------------------------------------------------------------------- samples, checkpoints
@@ -351,19 +382,21 @@ class Trainer:
         phase = self.phase()
         images = torch.cat([self.G_ema(z.to(self.device), phase.resolution, phase.alpha)
                             for z in self.sample_z.split(16)])
-        path = save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
+        self.last_sample_step = self.step
+        path = self.run_dir / "samples" / f"step_{self.step:09d}.png"
+        if not self.is_main:
+            return path
+        save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
         save_grid(images, self.run_dir / "samples" / "latest.png")
         if self.logger is not None:
             self.logger.log_image(self.step, "samples", path)
-        self.last_sample_step = self.step
         return path
 
     def save(self) -> Path:
         meta = {"step": self.step, "images_seen": self.images_seen,
                 "phase": vars(self.phase()), "world_size": self.world,
-                "config": config_to_dict(self.cfg)}
-        rank_state = {"rng": _encode_rng(self.rng.get_state()),
-                      "data": self.data.state_dict() if self.data is not None else None}
+                "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
+        rank_state = {"data": self.data.state_dict() if self.data is not None else None}
         path = self.ckpt.save(self.step, self.app_state(), meta, rank_state)
         self.last_saved_step = self.step
         log.info("checkpoint %s", path)
@@ -376,8 +409,8 @@ class Trainer:
             return False
         meta, rank_state = self.ckpt.load(path, self.app_state())
         self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
+        self.rng.set_state(_decode_rng(meta["rng"]))
         if rank_state is not None:
-            self.rng.set_state(_decode_rng(rank_state["rng"]))
             if rank_state.get("data") is not None:
                 self.data = self.data or self._open_data()
                 self.data.load_state_dict(rank_state["data"])

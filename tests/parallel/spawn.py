@@ -1,0 +1,46 @@
+"""Run a function on N local gloo ranks (torch.multiprocessing.spawn) and collect results."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from scalegan.parallel.env import init_distributed, shutdown
+
+    env = init_distributed()
+    try:
+        result = fn(env, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+    finally:
+        shutdown(env)
+
+
+def run_ranks(world: int, fn, *args, tmp_path: Path) -> list:
+    """``fn(env, *args)`` on ``world`` ranks; returns each rank's result (rank order)."""
+    out = tmp_path / f"spawn_{fn.__name__}_{world}"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.spawn(_entry, args=(world, free_port(), fn, args, str(out)), nprocs=world, join=True)
+    except Exception as e:
+        errors = "\n".join(p.read_text() for p in sorted(out.glob("*.err")))
+        raise AssertionError(f"a rank failed:\n{errors or e}") from None
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
