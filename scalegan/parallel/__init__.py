@@ -22,6 +22,9 @@ class Strategy:
         """Prepare G and D (in place where the strategy allows); call before making optimizers."""
         self.G_train, self.D_train = G, D
 
+    def wrap_ema(self, G_ema: nn.Module) -> None:
+        """Lay G_ema out like G (sharded strategies keep it as shards beside G's)."""
+
     def trainable(self, which: str) -> nn.Module:
         """The module to call in the phase that trains ``which`` ('G' or 'D')."""
         return self.G_train if which == "G" else self.D_train
@@ -48,9 +51,54 @@ class DDPStrategy(Strategy):
         self.D_train = DDP(D, device_ids=ids, find_unused_parameters=True)
 
 
+class FSDPStrategy(Strategy):
+    """G, D and G_ema sharded with FSDP2 (``fully_shard``), one unit per resolution.
+
+    Order: each entry of the models' ModuleDicts (a resolution's block, its toRGB/fromRGB) is
+    wrapped first, then the root, so a block's parameters are gathered only while it runs and a
+    block not faded in yet is never gathered at all. G_ema is sharded the same way, so its update
+    is a local lerp of matching shards.
+    """
+
+    name = "fsdp"
+
+    def __init__(self, cfg: ParallelConfig, env: DistEnv):
+        import torch
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        # "fp32" keeps the parameters' own dtype (no cast at all); "bf16" computes in bfloat16
+        dtypes = {"fp32": None, "bf16": torch.bfloat16}
+        self.mesh = init_device_mesh(env.device.type, (env.world_size,))
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=dtypes[cfg.param_dtype],
+                                              reduce_dtype=dtypes[cfg.reduce_dtype])
+        self.reshard_after_forward = cfg.reshard_after_forward
+
+    def _shard(self, model: nn.Module, mp_policy=None) -> None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        kw = dict(mesh=self.mesh, mp_policy=mp_policy or MixedPrecisionPolicy(),
+                  reshard_after_forward=self.reshard_after_forward)
+        for child in model.children():
+            if isinstance(child, nn.ModuleDict):
+                for unit in child.values():
+                    fully_shard(unit, **kw)
+        fully_shard(model, **kw)
+
+    def wrap(self, G: nn.Module, D: nn.Module) -> None:
+        self._shard(G, self.mp_policy)
+        self._shard(D, self.mp_policy)
+        self.G_train, self.D_train = G, D
+
+    def wrap_ema(self, G_ema: nn.Module) -> None:
+        self._shard(G_ema)  # full precision: it is only ever averaged into and sampled from
+
+
 def build_strategy(cfg: ParallelConfig, env: DistEnv) -> Strategy:
     if not env.distributed:
         return Strategy()
     if cfg.strategy == "ddp":
         return DDPStrategy(env)
-    raise NotImplementedError(f"parallel.strategy={cfg.strategy!r} is not available yet; use ddp")
+    if cfg.strategy == "fsdp":
+        return FSDPStrategy(cfg, env)
+    raise NotImplementedError(f"parallel.strategy={cfg.strategy!r} is not available yet")

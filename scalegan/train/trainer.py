@@ -139,6 +139,7 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.strategy = build_strategy(cfg.parallel, self.env)
         self.strategy.wrap(self.G, self.D)
+        self.strategy.wrap_ema(self.G_ema)
         self.opt_G, self.opt_D = self._make_optimizers()
 
         # Latents and penalty mixing weights come from one generator, identical on every rank: each

@@ -78,7 +78,7 @@ def assert_matches(single: dict, ranks: list[dict], atol: float) -> None:
                                        msg=lambda m, key=key, r=r: f"rank {r} {key}: {m}")
 
 
-@pytest.mark.parametrize("strategy", ["ddp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_two_ranks_match_one_process(strategy, grad_accum, tmp_path):
     extra = [f"train.grad_accum={grad_accum}"]
