@@ -1,4 +1,5 @@
-"""`scalegan train` under torchrun with 2 CPU ranks, and resuming its checkpoint at 1 rank."""
+"""`scalegan train` under torchrun on CPU ranks: checkpoints saved at one world size resume at
+another, and at the same world size they continue with identical losses."""
 
 from __future__ import annotations
 
@@ -6,47 +7,73 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import write_shards
 from parallel.spawn import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def _train(tmp_path, nproc: int, steps: int, strategy: str):
+
+def _train(tmp_path: Path, name: str, nproc: int, steps: int, strategy: str):
     shards = tmp_path / "shards"
     if not shards.exists():
         write_shards(shards, num_shards=4, per_shard=8, resolution=16)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "scalegan.cli"] if nproc > 1 else [
-           sys.executable, "-m", "scalegan.cli"]
-    cmd += ["train", "configs/demo_faces32_pggan.yaml", f"data.shards={shards}",
-            f"runs_dir={tmp_path / 'runs'}", "name=tr", f"parallel.strategy={strategy}",
-            "model.resolution=16", "model.channel_base=128", "model.channel_max=16",
-            "model.latent_dim=16", "train.batch_size=8", "train.total_kimg=10",
-            "train.schedule.stable_kimg=0.016", "train.schedule.fade_kimg=0.016",
-            "log.every_steps=1", "log.wandb=disabled", "log.progress=false",
-            "--max-steps", str(steps)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                f"--master_port={free_port()}", "-m", "scalegan.cli"]
+    cmd = (launcher if nproc > 1 else [sys.executable, "-m", "scalegan.cli"]) + [
+        "train", "configs/demo_faces32_pggan.yaml", f"data.shards={shards}",
+        f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"parallel.strategy={strategy}",
+        "model.resolution=16", "model.channel_base=128", "model.channel_max=16",
+        "model.latent_dim=16", "model.img_channels=3", "train.batch_size=8",
+        "train.total_kimg=10", "train.schedule.stable_kimg=0.016",
+        "train.schedule.fade_kimg=0.016", "log.every_steps=1", "log.wandb=disabled",
+        "log.progress=false", "--max-steps", str(steps)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
-@pytest.mark.parametrize("strategy", ["ddp"])
-def test_torchrun_two_ranks_then_resume_on_one(tmp_path, strategy):
-    first = _train(tmp_path, 2, steps=3, strategy=strategy)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "2 rank(s), strategy " + strategy in first.stderr
-    run = tmp_path / "runs" / "tr"
-    meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+def _rows(tmp_path: Path, name: str) -> list[dict]:
+    text = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_save_at_two_ranks_resume_at_one(tmp_path, strategy):
+    first = _train(tmp_path, "tr", 2, steps=3, strategy=strategy)
+    assert f"2 rank(s), strategy {strategy}" in first.stderr
+    latest = tmp_path / "runs" / "tr" / "checkpoints" / "latest"
+    meta = json.loads((latest / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["images_seen"] == 24
-    assert sorted(p.name for p in (run / "checkpoints" / "latest").glob("rank_*.json")) == [
+    assert sorted(p.name for p in latest.glob("rank_*.json")) == [
         "rank_00000.json", "rank_00001.json"]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone logs
+    assert [r["step"] for r in _rows(tmp_path, "tr")] == [1, 2, 3]  # rank 0 alone logs
 
-    second = _train(tmp_path, 1, steps=2, strategy=strategy)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stderr and "at 0.0 kimg (step 3)" in second.stderr
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["images_seen"] for r in rows] == [8, 16, 24, 32, 40]
+    second = _train(tmp_path, "tr", 1, steps=2, strategy=strategy)
+    assert "resumed from" in second.stderr and "(step 3)" in second.stderr
+    assert [r["images_seen"] for r in _rows(tmp_path, "tr")] == [8, 16, 24, 32, 40]
+
+
+@pytest.mark.slow
+def test_fsdp_save_at_two_resume_at_four(tmp_path):
+    _train(tmp_path, "tr", 2, steps=3, strategy="fsdp")
+    resumed = _train(tmp_path, "tr", 4, steps=1, strategy="fsdp")
+    assert "4 rank(s), strategy fsdp" in resumed.stderr and "(step 3)" in resumed.stderr
+    assert [r["images_seen"] for r in _rows(tmp_path, "tr")] == [8, 16, 24, 32]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_same_world_size_resume_gives_identical_losses(tmp_path, strategy):
+    _train(tmp_path, "straight", 2, steps=4, strategy=strategy)
+    _train(tmp_path, "split", 2, steps=2, strategy=strategy)
+    _train(tmp_path, "split", 2, steps=2, strategy=strategy)
+    keys = ("step", "images_seen", "loss/D", "loss/G", "resolution", "alpha")
+    straight = [tuple(r.get(k) for k in keys) for r in _rows(tmp_path, "straight")]
+    split = [tuple(r.get(k) for k in keys) for r in _rows(tmp_path, "split")]
+    assert len(straight) == 4 and split == straight
