@@ -7,10 +7,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from monitor.wandb_records import history_keys
 from PIL import Image
 
 from scalegan.cli import main
+
+from monitor.wandb_records import history_keys
 
 CONFIG = "configs/demo_faces32_pggan.yaml"
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,8 @@ process and for every strategy.
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from scalegan.config import ParallelConfig
@@ -28,6 +30,11 @@ class Strategy:
     def trainable(self, which: str) -> nn.Module:
         """The module to call in the phase that trains ``which`` ('G' or 'D')."""
         return self.G_train if which == "G" else self.D_train
+
+    def input_gradient(self) -> contextlib.AbstractContextManager:
+        """Wraps D's forward and ``autograd.grad(..., create_graph=True)`` of R1 / WGAN-GP; the
+        penalty's backward comes after the block."""
+        return contextlib.nullcontext()
 
 
 class DDPStrategy(Strategy):
@@ -92,6 +99,17 @@ class FSDPStrategy(Strategy):
 
     def wrap_ema(self, G_ema: nn.Module) -> None:
         self._shard(G_ema)  # full precision: it is only ever averaged into and sampled from
+
+    @contextlib.contextmanager
+    def input_gradient(self):
+        # autograd.grad w.r.t. D's input runs FSDP's post-backward, which would free the gathered
+        # weights that the double-backward graph of a plain nn.Conv2d still points to. Keep them
+        # gathered until the penalty's own backward.
+        self.D_train.set_reshard_after_backward(False)
+        try:
+            yield
+        finally:
+            self.D_train.set_reshard_after_backward(True)
 
 
 def build_strategy(cfg: ParallelConfig, env: DistEnv) -> Strategy:

@@ -245,7 +245,7 @@ class Trainer:
             stats.add("loss/D", loss, 1 / len(batches))
             if lc.kind == "wgan_gp" and lc.gp_weight > 0:
                 mix = self._global_draw(torch.rand, mb.real.shape[0])
-                with self.autocast():
+                with self.autocast(), self.strategy.input_gradient():
                     gp = losses.gradient_penalty(lambda x: D(x, res, alpha), mb.real, fake,
                                                  mix).mean()
                 loss = loss + lc.gp_weight * gp
@@ -261,9 +261,10 @@ class Trainer:
         D = self.strategy.trainable("D")
         for mb in batches:
             real = mb.real.detach().requires_grad_(True)
-            with self.autocast():
-                real_logits = D(real, phase.resolution, phase.alpha)
-            penalty = losses.r1_penalty(real_logits, real).mean()
+            with self.strategy.input_gradient():
+                with self.autocast():
+                    real_logits = D(real, phase.resolution, phase.alpha)
+                penalty = losses.r1_penalty(real_logits, real).mean()
             stats.add("loss/r1", penalty, 1 / len(batches))
             # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers expect.
             loss = penalty * (lc.r1_gamma / 2 * lc.r1_interval) + real_logits.float().mean() * 0

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import png_bytes
 
 from scalegan.data.pipeline import DataError, ImageStream, decode_image, expand_shards
+
+from conftest import png_bytes
 
 
 def read_epoch0(stream: ImageStream) -> dict[int, list[str]]:

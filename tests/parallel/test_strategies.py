@@ -44,7 +44,7 @@ class FixedBatches:
 
     def next_batch(self):
         full = torch.rand(self.micro * self.world, 3, self.resolution, self.resolution,
-                          generator=self.gen, dtype=torch.float64) * 2 - 1
+                          generator=self.gen, dtype=torch.get_default_dtype()) * 2 - 1
         return full[self.rank * self.micro:(self.rank + 1) * self.micro], []
 
     def close(self) -> None: ...
@@ -87,3 +87,21 @@ def test_two_ranks_match_one_process(strategy, grad_accum, tmp_path):
     single = train_fixed(DistEnv(), strategy, tmp_path / "single", extra)
     ranks = run_ranks(2, train_fixed, strategy, tmp_path / "multi", extra, tmp_path=tmp_path)
     assert_matches(single, ranks, atol=1e-9)
+
+
+def train_plain_layer_d(env: DistEnv, tmp_path) -> dict:
+    # DCGAN's D is made of plain nn.Conv2d, whose double backward reads the gathered weights that
+    # FSDP frees after a backward: R1 and WGAN-GP must still run.
+    cfg = load_config(None, overrides("fsdp", tmp_path) + [
+        "model.arch=dcgan", "model.resolution=8", "loss.kind=wgan_gp", "loss.r1_gamma=1.0",
+        "loss.r1_interval=1"])
+    trainer = Trainer(cfg, env)
+    trainer.data = FixedBatches(trainer.micro_batch, env.rank, env.world_size)
+    rows = [trainer.train_step() for _ in range(2)]
+    return {"values": torch.tensor([[r["loss/D"], r["loss/G"], r["loss/gp"], r["loss/r1"]]
+                                    for r in rows])}
+
+
+def test_fsdp_double_backward_through_plain_layers(tmp_path):
+    for result in run_ranks(2, train_plain_layer_d, tmp_path / "dc", tmp_path=tmp_path):
+        assert torch.isfinite(result["values"]).all()

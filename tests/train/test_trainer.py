@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_shards
 
 from scalegan.config import load_config
 from scalegan.train.trainer import MicroBatch, Trainer
+
+from conftest import write_shards
 
 
 def tiny_overrides(tmp_path: Path, name: str = "t") -> list[str]:
