@@ -10,6 +10,7 @@ from tqdm import tqdm
 class Progress:
     def __init__(self, total_images: int, start: int = 0, enabled: bool = True):
         fmt = "{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}"
+        self.total = total_images
         self.bar = tqdm(total=total_images / 1000, initial=start / 1000, unit="kimg",
                         disable=not enabled, dynamic_ncols=True, bar_format=fmt,
                         # a log file (no terminal) gets a line every 30 s, not every step
@@ -17,6 +18,7 @@ class Progress:
         self.seen = start
 
     def update(self, images_seen: int, scalars: dict[str, float] | None = None) -> None:
+        images_seen = min(images_seen, self.total)  # the last batch may overshoot the total
         self.bar.update((images_seen - self.seen) / 1000)
         self.seen = images_seen
         if scalars:

@@ -401,7 +401,8 @@ class Trainer:
         rank_state = {"data": self.data.state_dict() if self.data is not None else None}
         path = self.ckpt.save(self.step, self.app_state(), meta, rank_state)
         self.last_saved_step = self.step
-        log.info("checkpoint %s", path)
+        if self.is_main:
+            log.info("checkpoint %s", path)
         return path
 
     def resume(self, path: Path | None = None) -> bool:
@@ -416,7 +417,8 @@ class Trainer:
             if rank_state.get("data") is not None:
                 self.data = self.data or self._open_data()
                 self.data.load_state_dict(rank_state["data"])
-        log.info("resumed from %s at %.1f kimg (step %d)", path, self.images_seen / 1000,
-                 self.step)
+        if self.is_main:
+            log.info("resumed from %s at %.1f kimg (step %d)", path, self.images_seen / 1000,
+                     self.step)
         return True
 
