@@ -55,7 +55,15 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict:
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
+    try:
+        return _train_fixed(env, strategy, tmp_path, extra)
+    finally:
+        torch.set_default_dtype(previous)  # the single-process run shares pytest's process
+
+
+def _train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict:
     cfg = load_config(None, overrides(strategy, tmp_path) + extra)
     trainer = Trainer(cfg, env)
     trainer.data = FixedBatches(trainer.micro_batch, env.rank, env.world_size)
