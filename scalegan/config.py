@@ -175,11 +175,9 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    """How G and D are spread over ranks: ddp replicates them, fsdp shards them (FSDP2), deepspeed
-    uses one ZeRO engine each. A single process trains the plain modules whatever this says."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage (1, 2 or 3)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How G and D are spread over ranks: ddp replicates them, fsdp shards them (FSDP2).
+    A single process trains the plain modules whatever this says."""
     reshard_after_forward: bool = True
     """FSDP: free gathered parameters after each block's forward (less memory, more traffic)."""
     param_dtype: Literal["fp32", "bf16"] = "fp32"
@@ -188,9 +186,7 @@ class ParallelConfig:
     """FSDP mixed precision: dtype of gradient reduction."""
 
     def __post_init__(self) -> None:
-        _check(self.strategy in ("ddp", "fsdp", "deepspeed"), "parallel.strategy", self.strategy,
-               "ddp | fsdp | deepspeed")
-        _check(self.zero_stage in (1, 2, 3), "parallel.zero_stage", self.zero_stage, "1, 2 or 3")
+        _check(self.strategy in ("ddp", "fsdp"), "parallel.strategy", self.strategy, "ddp | fsdp")
 
 
 @dataclass

@@ -117,6 +117,4 @@ def build_strategy(cfg: ParallelConfig, env: DistEnv) -> Strategy:
         return Strategy()
     if cfg.strategy == "ddp":
         return DDPStrategy(env)
-    if cfg.strategy == "fsdp":
-        return FSDPStrategy(cfg, env)
-    raise NotImplementedError(f"parallel.strategy={cfg.strategy!r} is not available yet")
+    return FSDPStrategy(cfg, env)
