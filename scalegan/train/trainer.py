@@ -413,10 +413,9 @@ class Trainer:
         meta, rank_state = self.ckpt.load(path, self.app_state())
         self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
         self.rng.set_state(_decode_rng(meta["rng"]))
-        if rank_state is not None:
-            if rank_state.get("data") is not None:
-                self.data = self.data or self._open_data()
-                self.data.load_state_dict(rank_state["data"])
+        if rank_state is not None and rank_state.get("data") is not None:
+            self.data = self.data or self._open_data()
+            self.data.load_state_dict(rank_state["data"])
         if self.is_main:
             log.info("resumed from %s at %.1f kimg (step %d)", path, self.images_seen / 1000,
                      self.step)
