@@ -175,8 +175,9 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    """How G and D are spread over ranks: ddp replicates them, fsdp shards them (FSDP2).
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """How G and D are spread over ranks: ddp replicates them, fsdp shards them (FSDP2),
+    deepspeed gives each its own DeepSpeed engine at ZeRO stage ``zero_stage``.
     A single process trains the plain modules whatever this says."""
     reshard_after_forward: bool = True
     """FSDP: free gathered parameters after each block's forward (less memory, more traffic)."""
@@ -184,9 +185,26 @@ class ParallelConfig:
     """FSDP mixed precision: dtype of gathered parameters for compute."""
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     """FSDP mixed precision: dtype of gradient reduction."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 1 shards Adam's state, 2 also gradients, 3 also parameters."""
+    deepspeed: dict = field(default_factory=dict)
+    """Extra DeepSpeed config keys, merged over the config scalegan derives (batch sizes,
+    gradient accumulation, ZeRO stage, bf16 from train.precision, no gradient clipping), e.g.
+    ``parallel.deepspeed.zero_optimization.reduce_bucket_size=50000000``."""
 
     def __post_init__(self) -> None:
-        _check(self.strategy in ("ddp", "fsdp"), "parallel.strategy", self.strategy, "ddp | fsdp")
+        _check(self.strategy in ("ddp", "fsdp", "deepspeed"), "parallel.strategy", self.strategy,
+               "ddp | fsdp | deepspeed")
+        _check(self.zero_stage in (1, 2, 3), "parallel.zero_stage", self.zero_stage, "1, 2 or 3")
+        derived = ("train_batch_size", "train_micro_batch_size_per_gpu",
+                   "gradient_accumulation_steps")
+        for key in derived:
+            _check(key not in self.deepspeed, f"parallel.deepspeed.{key}", self.deepspeed.get(key),
+                   "unset: it is derived from train.batch_size and train.grad_accum")
+        zero = self.deepspeed.get("zero_optimization", {})
+        stage = zero.get("stage", self.zero_stage) if isinstance(zero, dict) else self.zero_stage
+        _check(stage == self.zero_stage, "parallel.deepspeed.zero_optimization.stage", stage,
+               "unset: set parallel.zero_stage instead")
 
 
 @dataclass
@@ -267,6 +285,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if typing.get_origin(tp) is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {_type_name(tp)}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected a mapping, "
+                              f"got {type(value).__name__}")
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -11,8 +11,12 @@ from PIL import Image
 from scalegan.config import config_from_dict
 from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid, to_uint8
-from scalegan.train.checkpoint import quiet_single_process, read_meta, resolve_checkpoint
-from scalegan.train.trainer import ModelState
+from scalegan.train.checkpoint import (
+    ModelState,
+    quiet_single_process,
+    read_meta,
+    resolve_checkpoint,
+)
 
 
 def load_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:

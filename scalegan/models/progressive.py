@@ -101,6 +101,14 @@ class _GInitialBlock(nn.Module):
         return self.norm1(self.act(self.conv(x)))  # (N, C, 4, 4)
 
 
+def _units_in_use(res: int, alpha: float, rgb: str) -> set[str]:
+    """Blocks up to ``res``, the RGB layer of ``res``, and that of ``res / 2`` while fading in."""
+    units = {f"blocks.{r}" for r in _resolutions(res)} | {f"{rgb}.{res}"}
+    if res > MIN_RESOLUTION and alpha < 1.0:
+        units.add(f"{rgb}.{res // 2}")
+    return units
+
+
 class _GBlock(nn.Module):
     """Block at resolution r: ``(N, C_in, r/2, r/2)`` -> ``(N, C_out, r, r)``.
 
@@ -148,6 +156,10 @@ class ProgressiveGenerator(nn.Module):
             else:
                 self.blocks[str(r)] = _GBlock(cfg.channels(r // 2), c)
             self.to_rgb[str(r)] = EqualizedConv2d(c, cfg.img_channels, 1, gain=1.0)
+
+    def units_in_use(self, resolution: int, alpha: float) -> set[str]:
+        """Names (``"blocks.8"``, ``"to_rgb.16"``) of the submodules ``forward`` runs."""
+        return _units_in_use(resolution, alpha, "to_rgb")
 
     def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         res = _check_resolution(resolution, self.resolution, "ProgressiveGenerator")
@@ -257,6 +269,10 @@ class ProgressiveDiscriminator(nn.Module):
                 self.blocks[str(r)] = _DFinalBlock(c, cfg.mbstd_group_size, cfg.mbstd_num_channels)
             else:
                 self.blocks[str(r)] = _DBlock(c, cfg.channels(r // 2))
+
+    def units_in_use(self, resolution: int, alpha: float) -> set[str]:
+        """Names (``"blocks.8"``, ``"from_rgb.16"``) of the submodules ``forward`` runs."""
+        return _units_in_use(resolution, alpha, "from_rgb")
 
     def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
         res = _check_resolution(resolution, self.resolution, "ProgressiveDiscriminator")

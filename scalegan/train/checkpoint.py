@@ -22,16 +22,51 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 META = "meta.json"
+
+
+class ModelState:
+    """Stateful view of a module for DCP (FQN keys, works for sharded modules too)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState:
+    """Stateful view of an optimizer, keyed by parameter FQN rather than position."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict:
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
 def _barrier() -> None:
@@ -106,11 +141,13 @@ class CheckpointManager:
         ckpts = list_checkpoints(self.directory)
         return ckpts[-1] if ckpts else None
 
-    def save(self, step: int, app_state: dict[str, Any], meta: dict, rank_state: dict) -> Path:
+    def save(self, step: int, app_state: dict[str, Any], meta: dict, rank_state: dict,
+             write_extra: Callable[[Path], None] | None = None) -> Path:
         """Write checkpoint ``step`` on every rank; returns its final path.
 
         ``app_state`` maps constant keys to Stateful objects (DCP), ``meta`` is rank 0's JSON,
-        ``rank_state`` this rank's JSON.
+        ``rank_state`` this rank's JSON; ``write_extra(dir)``, called on every rank, adds state
+        kept in another format (DeepSpeed's engines) inside the same atomic directory.
         """
         rank = _rank()
         final = self.directory / f"step_{step:09d}"
@@ -122,6 +159,8 @@ class CheckpointManager:
         _barrier()
         with quiet_single_process():
             dcp.save(app_state, checkpoint_id=tmp)
+        if write_extra is not None:
+            write_extra(tmp)
         _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
         _barrier()
         if rank == 0:
@@ -151,10 +190,14 @@ class CheckpointManager:
             shutil.rmtree(stale, ignore_errors=True)
 
     @staticmethod
-    def load(path: Path, app_state: dict[str, Any]) -> tuple[dict, dict | None]:
-        """Load ``app_state`` in place from ``path``; returns (meta, this rank's state or None)."""
+    def load(path: Path, app_state: dict[str, Any],
+             read_extra: Callable[[Path], None] | None = None) -> tuple[dict, dict | None]:
+        """Load ``app_state`` in place from ``path`` (and ``read_extra(path)``); returns
+        (meta, this rank's state or None)."""
         with quiet_single_process():
             dcp.load(app_state, checkpoint_id=path)
+        if read_extra is not None:
+            read_extra(path)
         meta = json.loads((path / META).read_text())
         rank_file = path / f"rank_{_rank():05d}.json"
         rank_state = json.loads(rank_file.read_text()) if rank_file.is_file() else None

@@ -19,13 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from scalegan import losses
 from scalegan.config import Config, config_to_dict, save_config
@@ -34,39 +27,13 @@ from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from scalegan.monitor.progress import Progress
-from scalegan.parallel import build_strategy
+from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
-from scalegan.train.checkpoint import CheckpointManager
-from scalegan.train.ema import ema_beta, update_ema
+from scalegan.train.checkpoint import CheckpointManager, ModelState, read_meta
+from scalegan.train.ema import ema_beta
 from scalegan.train.schedule import Phase, phase_at
 
 log = logging.getLogger(__name__)
-
-
-class ModelState:
-    """Stateful view of a module for DCP (FQN keys, works for sharded modules too)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def state_dict(self) -> dict:
-        return get_model_state_dict(self.model)
-
-    def load_state_dict(self, state: dict) -> None:
-        set_model_state_dict(self.model, state)
-
-
-class OptimizerState:
-    """Stateful view of an optimizer, keyed by parameter FQN rather than position."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
-
-    def state_dict(self) -> dict:
-        return get_optimizer_state_dict(self.model, self.optimizer)
-
-    def load_state_dict(self, state: dict) -> None:
-        set_optimizer_state_dict(self.model, self.optimizer, state)
 
 
 def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -137,10 +104,11 @@ class Trainer:
         self.G.to(self.device)
         self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.strategy = build_strategy(cfg.parallel, self.env)
+        self.strategy = build_strategy(cfg, self.env)
         self.strategy.wrap(self.G, self.D)
         self.strategy.wrap_ema(self.G_ema)
         self.opt_G, self.opt_D = self._make_optimizers()
+        self.strategy.setup_optimizers(self.opt_G, self.opt_D)
 
         # Latents and penalty mixing weights come from one generator, identical on every rank: each
         # rank draws the global batch and keeps its slice, so a run's randomness does not depend on
@@ -163,12 +131,13 @@ class Trainer:
         # Lazy R1 runs every r1_interval steps; StyleGAN2 rescales D's Adam by c = k / (k + 1) so
         # the effective per-step statistics match an every-step regulariser.
         c = lc.r1_interval / (lc.r1_interval + 1) if lc.r1_gamma > 0 else 1.0
-        opt_G = torch.optim.Adam(self.G.parameters(), lr=oc.g_lr, betas=(oc.beta1, oc.beta2),
-                                 eps=oc.eps)
-        opt_D = torch.optim.Adam(self.D.parameters(), lr=oc.d_lr * c,
+        opt_G = torch.optim.Adam(unit_param_groups(self.G), lr=oc.g_lr,
+                                 betas=(oc.beta1, oc.beta2), eps=oc.eps)
+        opt_D = torch.optim.Adam(unit_param_groups(self.D), lr=oc.d_lr * c,
                                  betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
-        for opt in (opt_G, opt_D):
-            init_adam_state(opt)
+        if self.strategy.checkpoint_format == "dcp":  # DeepSpeed keeps its own flat state
+            for opt in (opt_G, opt_D):
+                init_adam_state(opt)
         return opt_G, opt_D
 
     def _open_data(self) -> ImageStream:
@@ -186,21 +155,26 @@ class Trainer:
         return MultiLogger(loggers)
 
     def app_state(self) -> dict:
-        """DCP state with constant keys (the same for every model and strategy)."""
-        return {
-            "G": ModelState(self.G), "D": ModelState(self.D), "G_ema": ModelState(self.G_ema),
-            "opt_G": OptimizerState(self.G, self.opt_G),
-            "opt_D": OptimizerState(self.D, self.opt_D),
-        }
+        """DCP state: G_ema, and G, D and their optimizers unless the strategy stores those."""
+        return {"G_ema": ModelState(self.G_ema), **self.strategy.training_state()}
 
     # ---------------------------------------------------------------------------------- algorithm
 
-    def phase(self) -> Phase:
+    def phase(self, images_seen: int | None = None) -> Phase:
+        """Resolution and fade alpha after ``images_seen`` images (default: now)."""
         s, m = self.cfg.train.schedule, self.cfg.model
         if m.arch != "progressive":
             return Phase(m.resolution, 1.0)
-        return phase_at(self.images_seen, s.start_resolution, m.resolution, s.fade_kimg,
+        images_seen = self.images_seen if images_seen is None else images_seen
+        return phase_at(images_seen, s.start_resolution, m.resolution, s.fade_kimg,
                         s.stable_kimg)
+
+    def units_in_use(self, phase: Phase | None) -> dict[str, set[str] | None]:
+        """Submodules of G and D that run in ``phase`` (None: a model without units)."""
+        if phase is None:
+            return {"G": set(), "D": set()}
+        return {w: m.units_in_use(phase.resolution, phase.alpha)
+                if hasattr(m, "units_in_use") else None for w, m in (("G", self.G), ("D", self.D))}
 
     def autocast(self):
         if self.cfg.train.precision == "bf16":
@@ -232,44 +206,46 @@ class Trainer:
         lc, stats = self.cfg.loss, StepStats()
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
-        self.opt_D.zero_grad(set_to_none=True)
+        self.strategy.zero_grad("D")
         res, alpha = phase.resolution, phase.alpha
-        D = self.strategy.trainable("D")
+        gp_weight = lc.gp_weight if lc.kind == "wgan_gp" else 0.0
         for mb in batches:
-            with self.autocast():
-                with torch.no_grad():
-                    fake = self.G(mb.z_d, res, alpha)
-                real_logits = D(mb.real, res, alpha)
-                fake_logits = D(fake, res, alpha)
-            loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
-            stats.add("loss/D", loss, 1 / len(batches))
-            if lc.kind == "wgan_gp" and lc.gp_weight > 0:
-                mix = self._global_draw(torch.rand, mb.real.shape[0])
-                with self.autocast(), self.strategy.input_gradient():
-                    gp = losses.gradient_penalty(lambda x: D(x, res, alpha), mb.real, fake,
-                                                 mix).mean()
-                loss = loss + lc.gp_weight * gp
-                stats.add("loss/gp", gp, 1 / len(batches))
-            (loss / len(batches)).backward()
-        self.opt_D.step()
+            with self.autocast(), torch.no_grad():
+                fake = self.G(mb.z_d, res, alpha)
+            with (self.strategy.input_gradient() if gp_weight > 0
+                  else contextlib.nullcontext(self.strategy.trainable("D"))) as D:
+                with self.autocast():
+                    real_logits = D(mb.real, res, alpha)
+                    fake_logits = D(fake, res, alpha)
+                loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
+                stats.add("loss/D", loss, 1 / len(batches))
+                if gp_weight > 0:
+                    mix = self._global_draw(torch.rand, mb.real.shape[0])
+                    with self.autocast():
+                        gp = losses.gradient_penalty(lambda x, D=D: D(x, res, alpha), mb.real,
+                                                     fake, mix).mean()
+                    loss = loss + gp_weight * gp
+                    stats.add("loss/gp", gp, 1 / len(batches))
+                self.strategy.backward("D", loss / len(batches))
+        self.strategy.step("D")
         return stats
 
     def r1_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
         """Lazy R1: gamma/2 * ||grad D(real)||^2, scaled by the interval it stands for."""
         lc, stats = self.cfg.loss, StepStats()
-        self.opt_D.zero_grad(set_to_none=True)
-        D = self.strategy.trainable("D")
+        self.strategy.zero_grad("D")
         for mb in batches:
             real = mb.real.detach().requires_grad_(True)
-            with self.strategy.input_gradient():
+            with self.strategy.input_gradient() as D:
                 with self.autocast():
                     real_logits = D(real, phase.resolution, phase.alpha)
                 penalty = losses.r1_penalty(real_logits, real).mean()
-            stats.add("loss/r1", penalty, 1 / len(batches))
-            # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers expect.
-            loss = penalty * (lc.r1_gamma / 2 * lc.r1_interval) + real_logits.float().mean() * 0
-            (loss / len(batches)).backward()
-        self.opt_D.step()
+                stats.add("loss/r1", penalty, 1 / len(batches))
+                # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers
+                # expect.
+                loss = penalty * (lc.r1_gamma / 2 * lc.r1_interval) + real_logits.float().mean() * 0
+                self.strategy.backward("D", loss / len(batches))
+        self.strategy.step("D")
         return stats
 
     def g_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
@@ -277,7 +253,7 @@ class Trainer:
         stats = StepStats()
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        self.opt_G.zero_grad(set_to_none=True)
+        self.strategy.zero_grad("G")
         G = self.strategy.trainable("G")
         for mb in batches:
             with self.autocast():
@@ -285,19 +261,21 @@ class Trainer:
                                      phase.resolution, phase.alpha)
             loss = losses.g_loss(self.cfg.loss.kind, fake_logits)
             stats.add("loss/G", loss, 1 / len(batches))
-            (loss / len(batches)).backward()
-        self.opt_G.step()
+            self.strategy.backward("G", loss / len(batches))
+        self.strategy.step("G")
         self.D.requires_grad_(True)
         return stats
 
     def ema_phase(self) -> None:
         tc = self.cfg.train
         beta = ema_beta(tc.batch_size, self.images_seen, tc.ema_halflife_kimg, tc.ema_rampup)
-        update_ema(self.G_ema, self.G, beta)
+        self.strategy.update_ema(self.G_ema, beta)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step of D (and R1 when due) and G, then the EMA; returns scalars."""
         phase = self.phase()
+        before = self.phase(self.images_seen - self.cfg.train.batch_size) if self.step else None
+        self.strategy.begin_step(self.units_in_use(before), self.units_in_use(phase))
         self.data.set_resolution(phase.resolution)
         batches = self.next_micro_batches()
         stats = self.d_phase(batches, phase).values
@@ -397,9 +375,11 @@ class Trainer:
     def save(self) -> Path:
         meta = {"step": self.step, "images_seen": self.images_seen,
                 "phase": vars(self.phase()), "world_size": self.world,
+                "format": self.strategy.checkpoint_format,
                 "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
         rank_state = {"data": self.data.state_dict() if self.data is not None else None}
-        path = self.ckpt.save(self.step, self.app_state(), meta, rank_state)
+        path = self.ckpt.save(self.step, self.app_state(), meta, rank_state,
+                              self.strategy.save_extra)
         self.last_saved_step = self.step
         if self.is_main:
             log.info("checkpoint %s", path)
@@ -410,7 +390,17 @@ class Trainer:
         path = path or self.ckpt.latest()
         if path is None:
             return False
-        meta, rank_state = self.ckpt.load(path, self.app_state())
+        saved = read_meta(path)
+        fmt, world = saved.get("format", "dcp"), saved["world_size"]
+        if fmt != self.strategy.checkpoint_format:
+            raise ValueError(f"{path} holds G and D in {fmt} format (parallel.strategy="
+                             f"{saved['config']['parallel']['strategy']} at {world} ranks); this "
+                             f"run ({self.strategy.name}, {self.world} ranks) reads "
+                             f"{self.strategy.checkpoint_format}")
+        if fmt == "deepspeed" and world != self.world:
+            raise ValueError(f"{path} was written by DeepSpeed at world size {world}; it resumes "
+                             f"at that world size only, not at {self.world}")
+        meta, rank_state = self.ckpt.load(path, self.app_state(), self.strategy.load_extra)
         self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
         self.rng.set_state(_decode_rng(meta["rng"]))
         if rank_state is not None and rank_state.get("data") is not None:
