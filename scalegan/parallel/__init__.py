@@ -69,6 +69,11 @@ class Strategy:
     def update_ema(self, G_ema: nn.Module, beta: float) -> None:
         update_ema(G_ema, self.models["G"], beta)
 
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """``module``'s state as full (unsharded) tensors on every rank: G, D or G_ema."""
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+                for k, v in module.state_dict().items()}
+
     def training_state(self) -> dict[str, Any]:
         """DCP entries for G, D and their optimizers (constant keys for every strategy)."""
         G, D = self.models["G"], self.models["D"]

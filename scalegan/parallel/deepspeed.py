@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,9 +66,14 @@ class DeepSpeedStrategy(Strategy):
     checkpoint_format = "deepspeed"
 
     def __init__(self, cfg: Config, env: DistEnv):
+        if env.device.type == "cpu":  # otherwise DeepSpeed probes for accelerators and warns
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
+        # DeepSpeed's ZeRO still calls these collectives by their deprecated names
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r".*(all_gather_into_tensor|reduce_scatter_tensor)")
         self.cfg, self.env = cfg, env
         self.stage = cfg.parallel.zero_stage
         self.current: dict[str, set[str] | None] = {"G": None, "D": None}
@@ -178,6 +185,13 @@ class DeepSpeedStrategy(Strategy):
             b_ema.copy_(b)
 
     # ------------------------------------------------------------------------------ checkpoints
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                               enabled=self.stage == 3):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def training_state(self) -> dict:
         return {}  # G, D and both optimizers are in the engines' own files
