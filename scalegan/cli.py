@@ -60,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(str(e))
 
     from scalegan.parallel.env import init_distributed, shutdown
+    from scalegan.train.checkpoint import ResumeError
     from scalegan.train.trainer import Trainer
 
     env = init_distributed()
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{trainer.strategy.name}", file=sys.stderr)
         try:
             trainer.train(max_steps=args.max_steps)
-        except DataError as e:
+        except (DataError, ResumeError) as e:
             return _fail(str(e))
         finally:
             trainer.close()

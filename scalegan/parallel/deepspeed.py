@@ -76,6 +76,7 @@ class DeepSpeedStrategy(Strategy):
                                 message=r".*(all_gather_into_tensor|reduce_scatter_tensor)")
         self.cfg, self.env = cfg, env
         self.stage = cfg.parallel.zero_stage
+        self.name = f"deepspeed (ZeRO stage {self.stage})"
         self.current: dict[str, set[str] | None] = {"G": None, "D": None}
 
     def wrap(self, G: nn.Module, D: nn.Module) -> None:

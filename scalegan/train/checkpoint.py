@@ -43,6 +43,10 @@ _STEP_DIR = re.compile(r"^step_(\d{9})$")
 META = "meta.json"
 
 
+class ResumeError(ValueError):
+    """A checkpoint exists but this run cannot continue from it; says why."""
+
+
 class ModelState:
     """Stateful view of a module for DCP (FQN keys, works for sharded modules too)."""
 

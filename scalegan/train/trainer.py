@@ -29,7 +29,7 @@ from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogg
 from scalegan.monitor.progress import Progress
 from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
-from scalegan.train.checkpoint import CheckpointManager, ModelState, read_meta
+from scalegan.train.checkpoint import CheckpointManager, ModelState, ResumeError, read_meta
 from scalegan.train.ema import ema_beta
 from scalegan.train.schedule import Phase, phase_at
 
@@ -392,14 +392,14 @@ class Trainer:
             return False
         saved = read_meta(path)
         fmt, world = saved.get("format", "dcp"), saved["world_size"]
-        if fmt != self.strategy.checkpoint_format:
-            raise ValueError(f"{path} holds G and D in {fmt} format (parallel.strategy="
-                             f"{saved['config']['parallel']['strategy']} at {world} ranks); this "
-                             f"run ({self.strategy.name}, {self.world} ranks) reads "
-                             f"{self.strategy.checkpoint_format}")
         if fmt == "deepspeed" and world != self.world:
-            raise ValueError(f"{path} was written by DeepSpeed at world size {world}; it resumes "
-                             f"at that world size only, not at {self.world}")
+            raise ResumeError(f"{path} was written by DeepSpeed at world size {world}; it resumes "
+                              f"at that world size only, not at {self.world}")
+        if fmt != self.strategy.checkpoint_format:
+            raise ResumeError(f"{path} holds G and D in {fmt} format (parallel.strategy="
+                              f"{saved['config']['parallel']['strategy']} at {world} ranks); this "
+                              f"run ({self.strategy.name}, {self.world} rank(s)) reads "
+                              f"{self.strategy.checkpoint_format}")
         meta, rank_state = self.ckpt.load(path, self.app_state(), self.strategy.load_extra)
         self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
         self.rng.set_state(_decode_rng(meta["rng"]))

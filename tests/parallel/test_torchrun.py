@@ -17,7 +17,8 @@ from parallel.spawn import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _train(tmp_path: Path, name: str, nproc: int, steps: int, strategy: str):
+def _train(tmp_path: Path, name: str, nproc: int, steps: int, strategy: str, check=True):
+    strategy, _, stage = strategy.partition("-")  # "deepspeed-3": ZeRO stage 3
     shards = tmp_path / "shards"
     if not shards.exists():
         write_shards(shards, num_shards=4, per_shard=8, resolution=16)
@@ -30,10 +31,11 @@ def _train(tmp_path: Path, name: str, nproc: int, steps: int, strategy: str):
         "model.latent_dim=16", "model.img_channels=3", "train.batch_size=8",
         "train.total_kimg=10", "train.schedule.stable_kimg=0.016",
         "train.schedule.fade_kimg=0.016", "log.every_steps=1", "log.wandb=disabled",
-        "log.progress=false", "--max-steps", str(steps)]
+        "log.progress=false"] + ([f"parallel.zero_stage={stage}"] if stage else []) + [
+        "--max-steps", str(steps)]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0 or not check, proc.stderr[-4000:]
     return proc
 
 
@@ -68,7 +70,19 @@ def test_fsdp_save_at_two_resume_at_four(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_deepspeed_checkpoint_resumes_at_its_own_world_size_only(tmp_path):
+    first = _train(tmp_path, "tr", 2, steps=2, strategy="deepspeed-3")
+    assert "2 rank(s), strategy deepspeed (ZeRO stage 3)" in first.stderr
+    latest = tmp_path / "runs" / "tr" / "checkpoints" / "latest"
+    assert (latest / "deepspeed_G").is_dir() and (latest / "deepspeed_D").is_dir()
+    other = _train(tmp_path, "tr", 1, steps=1, strategy="deepspeed-3", check=False)
+    assert other.returncode == 2
+    assert "written by DeepSpeed at world size 2; it resumes at that world size only" in (
+        other.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed-2", "deepspeed-3"])
 def test_same_world_size_resume_gives_identical_losses(tmp_path, strategy):
     _train(tmp_path, "straight", 2, steps=4, strategy=strategy)
     _train(tmp_path, "split", 2, steps=2, strategy=strategy)
