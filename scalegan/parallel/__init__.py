@@ -148,11 +148,13 @@ class FSDPStrategy(Strategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        # "fp32" keeps the parameters' own dtype (no cast at all); "bf16" computes in bfloat16
-        dtypes = {"fp32": None, "bf16": torch.bfloat16}
+        # param_dtype "fp32" keeps the parameters' own dtype (no cast at all). Under bf16 compute,
+        # reduce_dtype must be named explicitly: FSDP's default (None) reduces in param_dtype.
+        param_dtype = {"fp32": None, "bf16": torch.bfloat16}[cfg.param_dtype]
+        reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.reduce_dtype]
         self.mesh = init_device_mesh(env.device.type, (env.world_size,))
-        self.mp_policy = MixedPrecisionPolicy(param_dtype=dtypes[cfg.param_dtype],
-                                              reduce_dtype=dtypes[cfg.reduce_dtype])
+        self.mp_policy = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=reduce_dtype if param_dtype else None)
         self.reshard_after_forward = cfg.reshard_after_forward
 
     def _shard(self, model: nn.Module, mp_policy=None) -> None:
@@ -165,6 +167,11 @@ class FSDPStrategy(Strategy):
                 for unit in child.values():
                     fully_shard(unit, **kw)
         fully_shard(model, **kw)
+        # FSDP settles each unit's mixed-precision dtypes at its first forward, from the
+        # parameters that require grad at that moment. G's first forward is in the D phase, with
+        # G frozen: its gradients would later be reduced in param_dtype and not cast back. Settle
+        # them now, while every parameter is trainable.
+        model._get_fsdp_state()._lazy_init()
 
     def wrap(self, G: nn.Module, D: nn.Module) -> None:
         self._shard(G, self.mp_policy)

@@ -134,3 +134,31 @@ def train_plain_layer_d(env: DistEnv, strategy: str, tmp_path) -> dict:
 def test_double_backward_through_plain_layers(strategy, tmp_path):
     for result in run_ranks(2, train_plain_layer_d, strategy, tmp_path / "dc", tmp_path=tmp_path):
         assert torch.isfinite(result["values"]).all()
+
+
+def train_bf16(env: DistEnv, strategy: str, tmp_path) -> dict:
+    strategy, extra = _strategy_overrides(strategy)
+    cfg = load_config(None, overrides(strategy, tmp_path) + extra + [
+        "train.precision=bf16", "parallel.param_dtype=bf16"])
+    trainer = Trainer(cfg, env)
+    trainer.data = FixedBatches(trainer.micro_batch, env.rank, env.world_size)
+    before = trainer.strategy.full_state_dict(trainer.G)
+    rows = [trainer.train_step() for _ in range(STEPS)]
+    after = trainer.strategy.full_state_dict(trainer.G)
+    return {
+        "losses": torch.tensor([[r["loss/D"], r["loss/G"]] for r in rows]),
+        "moved": torch.tensor([not torch.equal(before[k], after[k]) for k in before]),
+        "dtypes": [str(v.dtype) for v in after.values()],
+        "resolutions": [r["resolution"] for r in rows],
+    }
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed-2", "deepspeed-3"])
+def test_bf16_trains_across_a_resolution_boundary(strategy, tmp_path):
+    for result in run_ranks(2, train_bf16, strategy, tmp_path, tmp_path=tmp_path):
+        assert torch.isfinite(result["losses"]).all()
+        assert result["resolutions"] == [8, 8, 16, 16, 16, 16]
+        assert result["moved"].sum() > 0.5 * len(result["moved"])  # the blocks in use learned
+        if strategy.startswith("deepspeed"):
+            # DeepSpeed's bf16 mode holds the module's weights in bf16 (fp32 master copies)
+            assert set(result["dtypes"]) == {"torch.bfloat16"}
