@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from scalegan.config import (
@@ -59,3 +62,40 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path, [])
+    assert cfg.model.resolution % cfg.train.schedule.start_resolution == 0
+
+
+def test_deepspeed_config_is_derived_and_user_keys_merge():
+    from scalegan.parallel.deepspeed import deepspeed_config
+
+    cfg = load_config(None, [
+        "parallel.strategy=deepspeed", "parallel.zero_stage=3", "train.batch_size=64",
+        "train.grad_accum=2", "train.precision=bf16",
+        "parallel.deepspeed.zero_optimization.reduce_bucket_size=1000",
+        "parallel.deepspeed.flops_profiler.enabled=true"])
+    ds = deepspeed_config(cfg, world_size=4)
+    assert ds["train_batch_size"] == 64
+    assert ds["train_micro_batch_size_per_gpu"] == 8  # 64 / (2 x 4)
+    assert ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 1000}
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["gradient_clipping"] == 0.0
+    assert ds["flops_profiler"] == {"enabled": True}
+
+
+@pytest.mark.parametrize("override, key", [
+    ("parallel.zero_stage=4", "parallel.zero_stage"),
+    ("parallel.deepspeed.gradient_accumulation_steps=2",
+     "parallel.deepspeed.gradient_accumulation_steps"),
+    ("parallel.deepspeed.zero_optimization.stage=1", "parallel.deepspeed.zero_optimization.stage"),
+    ("parallel.deepspeed=3", "parallel.deepspeed"),
+])
+def test_deepspeed_settings_that_conflict_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, ["parallel.strategy=deepspeed", override])
