@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from scalegan.config import Config, _deep_merge
-from scalegan.parallel import Strategy
+from scalegan.parallel.base import Strategy
 from scalegan.parallel.env import DistEnv
 from scalegan.train.ema import update_ema
 

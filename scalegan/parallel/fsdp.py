@@ -1,0 +1,77 @@
+"""FSDP2: G, D and G_ema sharded per resolution unit."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from scalegan.config import ParallelConfig
+from scalegan.parallel.base import Strategy
+from scalegan.parallel.env import DistEnv
+
+
+class FSDPStrategy(Strategy):
+    """G, D and G_ema sharded with FSDP2 (``fully_shard``), one unit per resolution.
+
+    Order: each entry of the models' ModuleDicts (a resolution's block, its toRGB/fromRGB) is
+    wrapped first, then the root, so a block's parameters are gathered only while it runs and a
+    block not faded in yet is never gathered at all. G_ema is sharded the same way, so its update
+    is a local lerp of matching shards.
+    """
+
+    name = "fsdp"
+
+    def __init__(self, cfg: ParallelConfig, env: DistEnv):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        # param_dtype "fp32" keeps the parameters' own dtype (no cast at all). Under bf16 compute,
+        # reduce_dtype must be named explicitly: FSDP's default (None) reduces in param_dtype.
+        param_dtype = {"fp32": None, "bf16": torch.bfloat16}[cfg.param_dtype]
+        reduce_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.reduce_dtype]
+        self.mesh = init_device_mesh(env.device.type, (env.world_size,))
+        self.mp_policy = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=reduce_dtype if param_dtype else None)
+        self.reshard_after_forward = cfg.reshard_after_forward
+
+    def _shard(self, model: nn.Module, mp_policy=None) -> None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        kw = dict(mesh=self.mesh, mp_policy=mp_policy or MixedPrecisionPolicy(),
+                  reshard_after_forward=self.reshard_after_forward)
+        for child in model.children():
+            if isinstance(child, nn.ModuleDict):
+                for unit in child.values():
+                    fully_shard(unit, **kw)
+        fully_shard(model, **kw)
+        # FSDP settles each unit's mixed-precision dtypes at its first forward, from the
+        # parameters that require grad at that moment. G's first forward is in the D phase, with
+        # G frozen: its gradients would later be reduced in param_dtype and not cast back. Settle
+        # them now, while every parameter is trainable.
+        model._get_fsdp_state()._lazy_init()
+
+    def wrap(self, G: nn.Module, D: nn.Module) -> None:
+        self._shard(G, self.mp_policy)
+        self._shard(D, self.mp_policy)
+        super().wrap(G, D)
+
+    def wrap_ema(self, G_ema: nn.Module) -> None:
+        self._shard(G_ema)  # full precision: it is only ever averaged into and sampled from
+
+    @contextlib.contextmanager
+    def input_gradient(self):
+        # autograd.grad w.r.t. D's input runs FSDP's post-backward, which would free the gathered
+        # weights that the double-backward graph of a plain nn.Conv2d still points to. Keep them
+        # gathered through the penalty's own backward, then free them.
+        from torch.distributed.fsdp import FSDPModule
+
+        self.D_train.set_reshard_after_backward(False)
+        try:
+            yield self.D_train
+        finally:
+            self.D_train.set_reshard_after_backward(True)
+            for module in self.D_train.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
