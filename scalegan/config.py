@@ -50,6 +50,18 @@ class ModelConfig:
     """Minibatch-stddev group size in D (0 disables the layer)."""
     mbstd_num_channels: int = 1
     """Feature maps appended by minibatch stddev."""
+    mbstd_across_ranks: bool = False
+    """Form the minibatch-stddev groups over the batch of all data-parallel ranks (gathered),
+    for per-GPU batches too small for a group of their own."""
+    mbdisc_kernels: int = 0
+    """Minibatch discrimination (Salimans et al. 2016) in D's last block: number of kernels B
+    (features appended); 0 disables it."""
+    mbdisc_dim: int = 16
+    """Minibatch discrimination: dimension C of each kernel's projection."""
+    ops_impl: Literal["auto", "ref", "cpu", "triton"] = "auto"
+    """Implementation of the fused ops (upsample+conv, minibatch stddev and discrimination):
+    auto = Triton on CUDA, the torch fast path elsewhere; ref = the plain reference. Checkpoints
+    are the same whichever trained them."""
 
     def __post_init__(self) -> None:
         _check(self.arch in ("progressive", "dcgan"), "model.arch", self.arch,
@@ -63,6 +75,8 @@ class ModelConfig:
         _check(self.mbstd_group_size >= 0, "model.mbstd_group_size", self.mbstd_group_size, ">= 0")
         _check(self.mbstd_num_channels >= 1, "model.mbstd_num_channels", self.mbstd_num_channels,
                ">= 1")
+        _check(self.mbdisc_kernels >= 0, "model.mbdisc_kernels", self.mbdisc_kernels, ">= 0")
+        _check(self.mbdisc_dim >= 1, "model.mbdisc_dim", self.mbdisc_dim, ">= 1")
 
     def channels(self, res: int) -> int:
         """Feature maps of the block that works at ``res`` x ``res``."""

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
+
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors. The variable is read
+# when a kernel is defined, so it is set before any test imports scalegan.kernels.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def png_bytes(array: np.ndarray) -> bytes:

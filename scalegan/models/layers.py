@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalegan.ops import MinibatchDiscrimination, minibatch_stddev, upsample_conv2d
+
 __all__ = [
     "EqualizedLinear",
     "EqualizedConv2d",
     "UpConv2d",
     "PixelNorm",
     "MinibatchStddev",
+    "MinibatchDiscrimination",
     "minibatch_stddev",
     "pixel_norm",
     "upsample_nearest2x",
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 SQRT2 = math.sqrt(2.0)
+LRELU_SLOPE = 0.2
 
 
 class EqualizedLinear(nn.Module):
@@ -97,22 +101,23 @@ class EqualizedConv2d(nn.Module):
 
 
 class UpConv2d(EqualizedConv2d):
-    """Nearest-neighbour 2x upsample followed by an equalized 3x3 convolution (padding 1).
+    """Nearest-neighbour 2x upsample, equalized 3x3 convolution (padding 1) and an optional
+    leaky ReLU, computed by the fused :func:`scalegan.ops.upsample_conv2d` (the upsampled input
+    never exists).
 
-    Input ``(N, in_channels, H, W)`` -> ``(N, out_channels, 2H, 2W)``.
-
-    It subclasses :class:`EqualizedConv2d` (so ``weight``, ``bias`` and ``scale`` sit directly on
-    this module) and does all its work in one ``forward``: a fused upsample+conv kernel can replace
-    the module, or just its ``forward``, and reuse the same parameters and state-dict keys.
+    Input ``(N, in_channels, H, W)`` -> ``(N, out_channels, 2H, 2W)``. Parameters and state-dict
+    keys are those of :class:`EqualizedConv2d`, whatever ``impl``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, gain: float = SQRT2,
-                 bias: bool = True) -> None:
+                 bias: bool = True, activation: str | None = None, impl: str = "auto") -> None:
         super().__init__(in_channels, out_channels, kernel_size=3, gain=gain, bias=bias, padding=1)
+        self.activation = activation
+        self.impl = impl  # an implementation choice, not state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (N, in, 2H, 2W)
-        return F.conv2d(x, self.scaled_weight(), self.bias, padding=1)  # (N, out, 2H, 2W)
+        return upsample_conv2d(x, self.scaled_weight(), self.bias, self.activation,
+                               negative_slope=LRELU_SLOPE, impl=self.impl)  # (N, out, 2H, 2W)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -131,64 +136,28 @@ class PixelNorm(nn.Module):
         return pixel_norm(x, self.eps)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1,
-                     eps: float = 1e-8) -> torch.Tensor:
-    """Append the minibatch-stddev statistic (PGGAN / StyleGAN2) as ``num_channels`` feature maps.
-
-    ``x`` ``(N, C, H, W)`` -> ``(N, C + num_channels, H, W)``.
-
-    The batch is split into ``N // G`` groups of ``G = min(group_size, N)`` samples; ``N`` must be
-    divisible by ``G``. Groups are consecutive samples (sample ``i`` is in group ``i // G``), so a
-    batch cut into micro-batches or per-rank shards whose sizes are multiples of ``G`` gets the same
-    statistics as the whole batch (StyleGAN2 strides instead; that would tie the statistic to how
-    the batch is split). For each group the std over the group of every feature
-    (``sqrt(var + eps)``, biased variance; eps keeps the gradient finite when all samples of a group
-    are equal, e.g. G = 1) is averaged over the ``C / num_channels`` channels of each channel group
-    and over all pixels, giving ``num_channels`` scalars per group that are broadcast to
-    ``(H, W)`` maps for every sample of the group.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"minibatch_stddev expects (N, C, H, W), got shape {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    if group_size < 1:
-        raise ValueError(f"minibatch_stddev group_size must be >= 1, got {group_size}")
-    g = min(group_size, n)
-    if n % g != 0:
-        raise ValueError(f"minibatch_stddev: batch size N={n} is not divisible by the group size "
-                         f"min(group_size={group_size}, N)={g}; use a per-device batch that is a "
-                         f"multiple of {group_size} or smaller than it")
-    f = num_channels
-    if f < 1 or c % f != 0:
-        raise ValueError(f"minibatch_stddev: C={c} channels cannot be split into "
-                         f"num_channels={f} equal groups")
-    # Low-precision inputs (bf16 autocast): the variance of small deviations needs fp32; the
-    # statistic is tiny (N x F scalars) so this costs nothing.
-    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    y = y.reshape(n // g, g, f, c // f, h, w)  # (n, G, F, c, H, W); n = number of groups
-    y = y - y.mean(dim=1, keepdim=True)  # deviation from the group mean
-    y = y.square().mean(dim=1)  # (n, F, c, H, W) biased variance over the group
-    y = (y + eps).sqrt()  # std
-    y = y.mean(dim=(2, 3, 4))  # (n, F) average over channels of each channel group and pixels
-    y = y.reshape(n // g, f, 1, 1).repeat_interleave(g, dim=0).expand(n, f, h, w)  # row i <- i // G
-    return torch.cat([x, y.to(x.dtype)], dim=1)  # (N, C + F, H, W)
-
-
 class MinibatchStddev(nn.Module):
-    """Module form of :func:`minibatch_stddev`.
+    """Module form of :func:`scalegan.ops.minibatch_stddev` (groups of consecutive samples;
+    ``across_ranks`` forms them over the batch of every data-parallel rank).
 
     ``(N, C, H, W)`` -> ``(N, C + num_channels, H, W)``.
     """
 
-    def __init__(self, group_size: int = 4, num_channels: int = 1) -> None:
+    def __init__(self, group_size: int = 4, num_channels: int = 1, impl: str = "auto",
+                 across_ranks: bool = False) -> None:
         super().__init__()
         self.group_size = group_size
         self.num_channels = num_channels
+        self.impl = impl  # an implementation choice, not state: the same checkpoint for all
+        self.across_ranks = across_ranks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return minibatch_stddev(x, self.group_size, self.num_channels)
+        return minibatch_stddev(x, self.group_size, self.num_channels, impl=self.impl,
+                                across_ranks=self.across_ranks)
 
     def extra_repr(self) -> str:
-        return f"group_size={self.group_size}, num_channels={self.num_channels}"
+        return (f"group_size={self.group_size}, num_channels={self.num_channels}, "
+                f"impl={self.impl}, across_ranks={self.across_ranks}")
 
 
 def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:

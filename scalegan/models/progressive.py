@@ -21,9 +21,11 @@ from torch import nn
 
 from scalegan.config import ModelConfig
 from scalegan.models.layers import (
+    LRELU_SLOPE,
     SQRT2,
     EqualizedConv2d,
     EqualizedLinear,
+    MinibatchDiscrimination,
     MinibatchStddev,
     PixelNorm,
     UpConv2d,
@@ -34,7 +36,6 @@ from scalegan.models.layers import (
 __all__ = ["ProgressiveGenerator", "ProgressiveDiscriminator"]
 
 MIN_RESOLUTION = 4
-LRELU_SLOPE = 0.2
 
 
 def _resolutions(max_res: int) -> list[int]:
@@ -112,19 +113,20 @@ def _units_in_use(res: int, alpha: float, rgb: str) -> set[str]:
 class _GBlock(nn.Module):
     """Block at resolution r: ``(N, C_in, r/2, r/2)`` -> ``(N, C_out, r, r)``.
 
-    UpConv2d (nearest 2x + conv3x3) -> lrelu -> PixelNorm -> conv3x3 -> lrelu -> PixelNorm.
+    UpConv2d (nearest 2x + conv3x3 + lrelu, one fused op) -> PixelNorm -> conv3x3 -> lrelu ->
+    PixelNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, ops_impl: str = "auto") -> None:
         super().__init__()
-        self.conv0 = UpConv2d(in_channels, out_channels)
+        self.conv0 = UpConv2d(in_channels, out_channels, activation="lrelu", impl=ops_impl)
         self.norm0 = PixelNorm()
         self.conv1 = EqualizedConv2d(out_channels, out_channels, 3)
         self.norm1 = PixelNorm()
         self.act = nn.LeakyReLU(LRELU_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm0(self.act(self.conv0(x)))  # (N, C_out, r, r)
+        x = self.norm0(self.conv0(x))  # (N, C_out, r, r)
         return self.norm1(self.act(self.conv1(x)))  # (N, C_out, r, r)
 
 
@@ -154,7 +156,7 @@ class ProgressiveGenerator(nn.Module):
             if r == MIN_RESOLUTION:
                 self.blocks[str(r)] = _GInitialBlock(cfg.latent_dim, c)
             else:
-                self.blocks[str(r)] = _GBlock(cfg.channels(r // 2), c)
+                self.blocks[str(r)] = _GBlock(cfg.channels(r // 2), c, cfg.ops_impl)
             self.to_rgb[str(r)] = EqualizedConv2d(c, cfg.img_channels, 1, gain=1.0)
 
     def units_in_use(self, resolution: int, alpha: float) -> set[str]:
@@ -221,16 +223,21 @@ class _DFinalBlock(nn.Module):
     """4x4 block: ``(N, C, 4, 4)`` -> logits ``(N,)``.
 
     [MinibatchStddev] -> conv3x3 (C + F -> C) -> lrelu -> dense (C*16 -> C) -> lrelu ->
-    dense (C -> 1, gain 1).
+    [MinibatchDiscrimination, C -> C + B] -> dense (-> 1, gain 1).
     """
 
-    def __init__(self, channels: int, mbstd_group_size: int, mbstd_num_channels: int) -> None:
+    def __init__(self, channels: int, cfg: ModelConfig) -> None:
         super().__init__()
-        extra = mbstd_num_channels if mbstd_group_size > 0 else 0
-        self.mbstd = MinibatchStddev(mbstd_group_size, mbstd_num_channels) if extra else None
+        extra = cfg.mbstd_num_channels if cfg.mbstd_group_size > 0 else 0
+        self.mbstd = MinibatchStddev(cfg.mbstd_group_size, cfg.mbstd_num_channels,
+                                     impl=cfg.ops_impl,
+                                     across_ranks=cfg.mbstd_across_ranks) if extra else None
         self.conv = EqualizedConv2d(channels + extra, channels, 3)
         self.dense0 = EqualizedLinear(channels * 16, channels)
-        self.dense1 = EqualizedLinear(channels, 1, gain=1.0)
+        self.mbdisc = (MinibatchDiscrimination(channels, cfg.mbdisc_kernels, cfg.mbdisc_dim,
+                                               impl=cfg.ops_impl)
+                       if cfg.mbdisc_kernels else None)
+        self.dense1 = EqualizedLinear(channels + cfg.mbdisc_kernels, 1, gain=1.0)
         self.act = nn.LeakyReLU(LRELU_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,6 +245,8 @@ class _DFinalBlock(nn.Module):
             x = self.mbstd(x)  # (N, C + F, 4, 4)
         x = self.act(self.conv(x))  # (N, C, 4, 4)
         x = self.act(self.dense0(x.flatten(1)))  # (N, C)
+        if self.mbdisc is not None:
+            x = self.mbdisc(x)  # (N, C + B)
         return self.dense1(x).squeeze(1)  # (N,)
 
 
@@ -266,7 +275,7 @@ class ProgressiveDiscriminator(nn.Module):
             c = cfg.channels(r)
             self.from_rgb[str(r)] = _FromRGB(cfg.img_channels, c)
             if r == MIN_RESOLUTION:
-                self.blocks[str(r)] = _DFinalBlock(c, cfg.mbstd_group_size, cfg.mbstd_num_channels)
+                self.blocks[str(r)] = _DFinalBlock(c, cfg)
             else:
                 self.blocks[str(r)] = _DBlock(c, cfg.channels(r // 2))
 
