@@ -61,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from scalegan.parallel.env import init_distributed, shutdown
     from scalegan.train.checkpoint import ResumeError
+    from scalegan.train.preemption import EXIT_REQUEUE
     from scalegan.train.trainer import Trainer
 
     env = init_distributed()
@@ -70,13 +71,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
                   f"{trainer.strategy.name}", file=sys.stderr)
         try:
-            trainer.train(max_steps=args.max_steps)
+            status = trainer.train(max_steps=args.max_steps)
         except (DataError, ResumeError) as e:
             return _fail(str(e))
         finally:
             trainer.close()
     finally:
         shutdown(env)
+    if status == "preempted":
+        if env.is_main:
+            print(f"stopped by a signal; checkpoint {cfg.run_dir / 'checkpoints' / 'latest'}; "
+                  f"exit {EXIT_REQUEUE} asks the launcher to requeue", file=sys.stderr)
+        return EXIT_REQUEUE
     if not env.is_main:
         return 0
     run = cfg.run_dir

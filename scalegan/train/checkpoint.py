@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p.resolve()
 
 
+def _test_pause() -> None:
+    """Fault-injection hook for the tests: ``SCALEGAN_TEST_CHECKPOINT_PAUSE=seconds`` holds every
+    checkpoint half written (tensors on disk, not yet renamed into place) so a test can kill the
+    process there."""
+    seconds = float(os.environ.get("SCALEGAN_TEST_CHECKPOINT_PAUSE", "0"))
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 class CheckpointManager:
     """Writes and finds checkpoints of one run; keeps the newest ``keep``."""
 
@@ -166,6 +176,7 @@ class CheckpointManager:
         if write_extra is not None:
             write_extra(tmp)
         _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
+        _test_pause()
         _barrier()
         if rank == 0:
             _write_json(tmp / META, meta)

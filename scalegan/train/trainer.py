@@ -13,6 +13,8 @@ import base64
 import contextlib
 import copy
 import logging
+import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
 from scalegan.train.checkpoint import CheckpointManager, ModelState, ResumeError, read_meta
 from scalegan.train.ema import ema_beta
+from scalegan.train.preemption import StopSignal
 from scalegan.train.schedule import Phase, phase_at
 
 log = logging.getLogger(__name__)
@@ -150,8 +153,11 @@ class Trainer:
         cfg = self.cfg
         loggers: list[Logger] = [JsonlLogger(self.run_dir / "metrics.jsonl")]
         if cfg.log.wandb != "disabled":
+            # the parts of a requeued Slurm job share its id: one group (and one resumed run)
+            job = os.environ.get("SLURM_JOB_ID")
             loggers.append(WandbLogger(self.run_dir, cfg.log.wandb_project, cfg.name,
-                                       config_to_dict(cfg), cfg.log.wandb))
+                                       config_to_dict(cfg), cfg.log.wandb,
+                                       group=f"slurm-{job}" if job else cfg.name))
         return MultiLogger(loggers)
 
     def app_state(self) -> dict:
@@ -288,8 +294,12 @@ class Trainer:
         self.ema_phase()
         return {**stats, "resolution": phase.resolution, "alpha": phase.alpha}
 
-    def train(self, max_steps: int | None = None) -> None:
-        """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible."""
+    def train(self, max_steps: int | None = None) -> str:
+        """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible.
+
+        Returns ``"done"``, ``"max_steps"``, or ``"preempted"``: SIGUSR1 / SIGTERM arrived, the
+        step in progress finished and every rank wrote a checkpoint.
+        """
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -303,29 +313,40 @@ class Trainer:
         window: list[dict[str, float]] = []
         t0, seen0 = time.perf_counter(), self.images_seen
         steps = 0
-        try:
-            while self.images_seen < total and (max_steps is None or steps < max_steps):
-                prev_seen = self.images_seen
-                window.append(self.train_step())
-                steps += 1
-                if self.step % cfg.log.every_steps == 0:
-                    dt = time.perf_counter() - t0
-                    scalars = self._summarise(window, (self.images_seen - seen0) / max(dt, 1e-9))
-                    self.logger.log_scalars(self.step, scalars)
-                    progress.update(self.images_seen, scalars)
-                    window, t0, seen0 = [], time.perf_counter(), self.images_seen
-                else:
-                    progress.update(self.images_seen)
-                if self._crossed(prev_seen, cfg.log.sample_every_kimg):
+        with StopSignal() as stop:
+            try:
+                while self.images_seen < total and (max_steps is None or steps < max_steps):
+                    prev_seen = self.images_seen
+                    window.append(self.train_step())
+                    steps += 1
+                    if self.step % cfg.log.every_steps == 0:
+                        dt = time.perf_counter() - t0
+                        scalars = self._summarise(window,
+                                                  (self.images_seen - seen0) / max(dt, 1e-9))
+                        self.logger.log_scalars(self.step, scalars)
+                        progress.update(self.images_seen, scalars)
+                        window, t0, seen0 = [], time.perf_counter(), self.images_seen
+                    else:
+                        progress.update(self.images_seen)
+                    if self._crossed(prev_seen, cfg.log.sample_every_kimg):
+                        self.sample()
+                    if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
+                        self.save()
+                    if stop.agreed(self.device):  # a collective: every rank stops after this step
+                        break
+                preempted = stop.agreed(self.device)
+                if steps and self.last_sample_step != self.step and not preempted:
                     self.sample()
-                if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
+                if steps and self.last_saved_step != self.step:
                     self.save()
-            if steps and self.last_sample_step != self.step:
-                self.sample()
-            if steps and self.last_saved_step != self.step:
-                self.save()
-        finally:
-            progress.close()
+            finally:
+                progress.close()
+        if preempted:
+            if self.is_main:
+                log.info("stopped by a signal after step %d (%.1f kimg); checkpoint written",
+                         self.step, self.images_seen / 1000)
+            return "preempted"
+        return "done" if self.images_seen >= total else "max_steps"
 
     def close(self) -> None:
         if self.logger is not None:
@@ -344,15 +365,26 @@ class Trainer:
         out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
                for k in keys}
         skipped = float(self.data.skipped)
+        memory = [0.0] * self.world  # peak memory per rank, each rank fills its own slot
+        memory[self.rank] = self._peak_memory_gib()
         if self.env.distributed:
-            values = torch.tensor([*out.values(), skipped], dtype=torch.float64)
+            values = torch.tensor([*out.values(), skipped, *memory], dtype=torch.float64)
             dist.all_reduce(values)  # gloo and nccl both sum; the losses are then divided
-            out = {k: v / self.world for k, v in zip(out, values[:-1].tolist(), strict=True)}
-            skipped = values[-1].item()
+            out = {k: v / self.world for k, v in zip(out, values[:len(out)].tolist(),
+                                                       strict=True)}
+            skipped = values[len(out)].item()
+            memory = values[len(out) + 1:].tolist()
+        out.update({f"memory/rank{r}_gib": m for r, m in enumerate(memory)})
         out.update(kimg=self.images_seen / 1000, images_seen=self.images_seen,
                    images_per_s=images_per_s, resolution=window[-1]["resolution"],
                    alpha=window[-1]["alpha"], data_skipped=int(skipped))
         return out
+
+    def _peak_memory_gib(self) -> float:
+        """Peak memory of this rank: CUDA memory allocated, or the process's peak RSS on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
     # ------------------------------------------------------------------------- samples, checkpoints
 
