@@ -135,13 +135,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p.resolve()
 
 
-def _test_pause() -> None:
-    """Fault-injection hook for the tests: ``SCALEGAN_TEST_CHECKPOINT_PAUSE=seconds`` holds every
-    checkpoint half written (tensors on disk, not yet renamed into place) so a test can kill the
-    process there."""
-    seconds = float(os.environ.get("SCALEGAN_TEST_CHECKPOINT_PAUSE", "0"))
-    if seconds > 0:
-        time.sleep(seconds)
+def _test_pause(step: int) -> None:
+    """Fault-injection hook for the tests: ``SCALEGAN_TEST_CHECKPOINT_PAUSE=STEP:SECONDS`` holds
+    the checkpoint of ``STEP`` half written (tensors on disk, not renamed into place) for
+    ``SECONDS``, so a test can kill the process there."""
+    spec = os.environ.get("SCALEGAN_TEST_CHECKPOINT_PAUSE")
+    if spec:
+        at, seconds = spec.split(":")
+        if int(at) == step:
+            time.sleep(float(seconds))
 
 
 class CheckpointManager:
@@ -176,7 +178,7 @@ class CheckpointManager:
         if write_extra is not None:
             write_extra(tmp)
         _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
-        _test_pause()
+        _test_pause(step)
         _barrier()
         if rank == 0:
             _write_json(tmp / META, meta)
