@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,6 +381,19 @@ class Trainer:
                    alpha=window[-1]["alpha"], data_skipped=int(skipped))
         return out
 
+    def _weights_crc32(self) -> dict[str, int]:
+        """CRC32 of the weights this rank holds (replicas: equal on every rank; shards: this
+        rank's), per model: a cheap check that data-parallel replicas agree."""
+        out = {}
+        for name, model in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            crc = 0
+            for p in model.parameters():
+                t = getattr(p, "ds_tensor", None)
+                t = p.to_local() if hasattr(p, "to_local") else p if t is None else t
+                crc = zlib.crc32(t.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
+            out[name] = crc
+        return out
+
     def _peak_memory_gib(self) -> float:
         """Peak memory of this rank: CUDA memory allocated, or the process's peak RSS on CPU."""
         if self.device.type == "cuda":
@@ -409,7 +423,8 @@ class Trainer:
                 "phase": vars(self.phase()), "world_size": self.world,
                 "format": self.strategy.checkpoint_format,
                 "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
-        rank_state = {"data": self.data.state_dict() if self.data is not None else None}
+        rank_state = {"data": self.data.state_dict() if self.data is not None else None,
+                      "weights_crc32": self._weights_crc32()}
         path = self.ckpt.save(self.step, self.app_state(), meta, rank_state,
                               self.strategy.save_extra)
         self.last_saved_step = self.step
