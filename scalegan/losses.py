@@ -66,3 +66,77 @@ def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real
     logits = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.float().sum(), mixed, create_graph=True)
     return (grad.float().flatten(1).norm(dim=1) - 1.0).square()
+
+
+# ------------------------------------------------------------------------------ StackGAN-v2 terms
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(),
+                                                                              target))
+
+
+def stack_d_loss(real: list[torch.Tensor], fake: list[torch.Tensor],
+                 real_cond: list[torch.Tensor] | None = None,
+                 fake_cond: list[torch.Tensor] | None = None,
+                 wrong: list[torch.Tensor] | None = None,
+                 wrong_cond: list[torch.Tensor] | None = None,
+                 uncond_weight: float = 1.0) -> torch.Tensor:
+    """Sum over stages of each stage discriminator's loss (StackGAN-v2), logits ``(N,)``.
+
+    Unconditional: ``BCE(real, 1) + BCE(fake, 0)``. Conditional: ``BCE(real_cond, 1) +
+    BCE(fake_cond, 0) + BCE(wrong_cond, 0)`` (a real image with another sample's condition) plus
+    ``uncond_weight`` times the unconditional terms, where the wrong pair's image counts as real:
+    ``BCE(real, 1) + BCE(fake, 0) + BCE(wrong, 1)``. BCE is the mean over the batch.
+    """
+    total = real[0].new_zeros((), dtype=torch.float32)
+    for i in range(len(real)):
+        uncond = _bce(real[i], 1.0) + _bce(fake[i], 0.0)
+        if real_cond is None:
+            total = total + uncond
+            continue
+        if wrong is not None:
+            uncond = uncond + _bce(wrong[i], 1.0)
+        cond = _bce(real_cond[i], 1.0) + _bce(fake_cond[i], 0.0)
+        if wrong_cond is not None:
+            cond = cond + _bce(wrong_cond[i], 0.0)
+        total = total + cond + uncond_weight * uncond
+    return total
+
+
+def stack_g_loss(fake: list[torch.Tensor], fake_cond: list[torch.Tensor] | None = None,
+                 uncond_weight: float = 1.0) -> torch.Tensor:
+    """Sum over stages of G's non-saturating loss: ``BCE(fake, 1)``; conditional:
+    ``BCE(fake_cond, 1) + uncond_weight * BCE(fake, 1)``."""
+    total = fake[0].new_zeros((), dtype=torch.float32)
+    for i in range(len(fake)):
+        if fake_cond is None:
+            total = total + _bce(fake[i], 1.0)
+        else:
+            total = total + _bce(fake_cond[i], 1.0) + uncond_weight * _bce(fake[i], 1.0)
+    return total
+
+
+def pixel_mean_cov(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the mean ``(N, C)`` and covariance ``(N, C, C)`` of its pixels (biased)."""
+    x = images.float().flatten(2)  # (N, C, P)
+    mean = x.mean(dim=2)
+    dev = x - mean[:, :, None]
+    return mean, dev @ dev.transpose(1, 2) / x.shape[2]
+
+
+def color_consistency(lower: torch.Tensor, higher: torch.Tensor, mean_weight: float = 1.0,
+                      cov_weight: float = 5.0) -> torch.Tensor:
+    """StackGAN-v2's colour-consistency regulariser between adjacent stages' images of the same
+    latents: batch mean of ``mean_weight * ||mu_hi - mu_lo||^2 + cov_weight * ||S_hi - S_lo||_F^2``
+    with each image's pixel mean ``mu`` and covariance ``S`` (the paper's lambda_1 = 1,
+    lambda_2 = 5)."""
+    mu_lo, cov_lo = pixel_mean_cov(lower)
+    mu_hi, cov_hi = pixel_mean_cov(higher)
+    return (mean_weight * (mu_hi - mu_lo).square().sum(1)
+            + cov_weight * (cov_hi - cov_lo).square().sum((1, 2))).mean()
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Batch mean of KL(N(mu, exp(logvar)) || N(0, I)): the conditioning-augmentation term."""
+    return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=1)).mean()
