@@ -10,6 +10,8 @@ COPY scalegan ./scalegan
 COPY kernels ./kernels
 COPY configs ./configs
 COPY launch ./launch
-RUN pip install --no-cache-dir -e . && python -c "import scalegan.kernels, scalegan.cli"
+# DeepSpeed builds no ops at install (scalegan passes torch's Adam to it); Triton comes with torch
+RUN DS_BUILD_OPS=0 pip install --no-cache-dir -e '.[deepspeed]' \
+    && python -c "import scalegan.kernels, scalegan.ops, scalegan.cli"
 
 CMD ["scalegan", "--help"]
