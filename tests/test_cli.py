@@ -107,3 +107,10 @@ def test_pack_train_generate_end_to_end(tmp_path, capsys, monkeypatch):
     steps_before = (run / "metrics.jsonl").read_text().count("\n")
     assert main(["train", CONFIG, *overrides]) == 0
     assert (run / "metrics.jsonl").read_text().count("\n") == steps_before
+
+
+def test_overrides_may_follow_the_options(capsys):
+    assert main(["train", CONFIG, "--dry-run", "model.resolution=64"]) == 0
+    assert "64x64" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", CONFIG, "--dry-run", "--bogus"])
