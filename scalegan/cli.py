@@ -27,7 +27,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             if not args.resolution:
                 return _fail("--resolution is required (e.g. --resolution 256)")
             summary = pack_folder(args.src, args.out, args.resolution,
-                                  shard_size=args.shard_size or 1000, fit=args.fit)
+                                  shard_size=args.shard_size or 1000, fit=args.fit,
+                                  labels=args.labels)
     except PackError as e:
         return _fail(str(e))
     print(summary.to_text())
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None, help="samples per shard (1000)")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop",
                    help="non-square images: centre-crop (default) or pad with black")
+    p.add_argument("--labels", default=None,
+                   help="'dirs' (class = top-level folder under SRC) or a JSON file mapping each "
+                        "image's relative path to a class id or a list of numbers")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("train", help="train a GAN from a YAML config and key.sub=value overrides")

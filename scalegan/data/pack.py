@@ -6,7 +6,9 @@ Layout written to OUT::
     OUT/index.json                        {"num_samples", "resolution", "shards", "skipped", "fit"}
 
 Each sample has ``__key__`` = ``%08d`` of its global index, ``png`` = PNG bytes of a
-``resolution x resolution`` RGB uint8 image and ``json`` = ``{"source": <relative path or name>}``.
+``resolution x resolution`` RGB uint8 image and ``json`` = ``{"source": <relative path or name>}``,
+plus, when packing with labels, ``"label": <class id>`` or ``"attributes": [numbers]``
+(index.json then lists the class names under ``"classes"``).
 
 The output is deterministic: packing the same input twice gives byte-identical shards (fixed tar
 mtime/owner, PNG encoded here with fixed options, files visited in sorted order).
@@ -317,7 +319,7 @@ class _ShardSink:
         self._hasher: _HashingFile | None = None
         self._count = 0
 
-    def write(self, source: str, img: Image.Image) -> None:
+    def write(self, source: str, img: Image.Image, extra: dict | None = None) -> None:
         import webdataset as wds  # heavy import, only needed when writing
 
         if self._writer is None:
@@ -330,7 +332,8 @@ class _ShardSink:
             self._count = 0
         sample = {
             "__key__": f"{self.total:08d}",
-            "json": json.dumps({"source": source}, ensure_ascii=False).encode("utf-8"),
+            "json": json.dumps({"source": source, **(extra or {})},
+                               ensure_ascii=False).encode("utf-8"),
             "png": _png_bytes(img),
         }
         self._writer.write(sample)
@@ -399,9 +402,10 @@ def _prepare_out(out: str | os.PathLike) -> Path:
 
 def _pack(
     samples: Iterator[tuple], out: Path, resolution: int, shard_size: int, fit: str, verbose: bool,
-    what: str,
+    what: str, labels: dict[str, dict] | None = None, classes: list[str] | None = None,
 ) -> PackSummary:
-    """Drain ``samples`` into shards, then write index.json last. ``what`` names the source."""
+    """Drain ``samples`` into shards, then write index.json last. ``what`` names the source;
+    ``labels`` maps a source to the fields added to its sample's JSON."""
     sink = _ShardSink(out, shard_size, verbose)
     skipped: list[dict] = []
     try:
@@ -411,7 +415,7 @@ def _pack(
                 if verbose:
                     print(f"skipped {source}: {reason}", flush=True)
             else:
-                sink.write(source, img)
+                sink.write(source, img, labels.get(source) if labels else None)
         sink.close()
     except BaseException:
         sink.abort()
@@ -427,6 +431,8 @@ def _pack(
         "skipped": skipped,
         "fit": fit,
     }
+    if classes is not None:
+        index["classes"] = classes
     _write_index(out, index)
     return PackSummary(sink.total, resolution, sink.shards, skipped, str(out))
 
@@ -443,12 +449,15 @@ def pack_folder(
     *,
     shard_size: int = 1000,
     fit: str = "crop",
+    labels: str | os.PathLike | None = None,
     verbose: bool = False,
 ) -> PackSummary:
     """Pack every image under ``src`` (recursive, sorted by relative path) into shards in ``out``.
 
     Images become ``resolution x resolution`` RGB uint8 PNGs (see :func:`to_square_rgb`).
-    Unreadable files are skipped and listed in ``PackSummary.skipped``.
+    Unreadable files are skipped and listed in ``PackSummary.skipped``. ``labels``: ``"dirs"``
+    (class = the image's top-level folder under ``src``, ids in sorted name order), or a JSON
+    file mapping each image's relative path to a class id or a list of numbers (attributes).
     """
     resolution = _check_resolution(resolution)
     fit = _check_fit(fit)
@@ -462,9 +471,45 @@ def pack_folder(
     if not rel_paths:
         exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
         raise PackError(f"no image files ({exts}) found under {src_path}")
+    label_fields, classes = _read_labels(labels, rel_paths) if labels else (None, None)
     out_path = _prepare_out(out)
     samples = _folder_samples(src_path, rel_paths, resolution, fit)
-    return _pack(samples, out_path, resolution, shard_size, fit, verbose, str(src_path))
+    return _pack(samples, out_path, resolution, shard_size, fit, verbose, str(src_path),
+                 label_fields, classes)
+
+
+def _read_labels(labels: str | os.PathLike, rel_paths: list[str]
+                 ) -> tuple[dict[str, dict], list[str] | None]:
+    """Per image, the JSON fields of its label; the class names for ``"dirs"``."""
+    if str(labels) == "dirs":
+        flat = [p for p in rel_paths if "/" not in p]
+        if flat:
+            raise PackError(f"--labels dirs: {flat[0]} is not inside a class folder (every image "
+                            f"must be under SRC/<class>/)")
+        classes = sorted({p.split("/", 1)[0] for p in rel_paths})
+        ids = {name: i for i, name in enumerate(classes)}
+        return {p: {"label": ids[p.split("/", 1)[0]]} for p in rel_paths}, classes
+    path = Path(labels)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PackError(f"labels file {path}: {e}") from None
+    if not isinstance(table, dict):
+        raise PackError(f"labels file {path}: expected an object mapping image paths to labels")
+    fields = {}
+    for rel in rel_paths:
+        if rel not in table:
+            raise PackError(f"labels file {path} has no entry for image {rel!r}")
+        value = table[rel]
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            fields[rel] = {"label": value}
+        elif (isinstance(value, list) and value
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            fields[rel] = {"attributes": [float(v) for v in value]}
+        else:
+            raise PackError(f"labels file {path}: {rel!r} -> {value!r} is neither a class id "
+                            f"(int >= 0) nor a non-empty list of numbers")
+    return fields, None
 
 
 def pack_arrays(

@@ -449,3 +449,53 @@ def test_demo_without_skimage_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)  # makes `import skimage` raise ImportError
     with pytest.raises(ImportError, match="pip install scikit-image"):
         demo.demo_faces()
+
+
+def _two_class_folder(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for name, seeds in (("cats", (1, 2)), ("dogs", (3,))):
+        (src / name).mkdir(parents=True)
+        for seed in seeds:
+            gradient_rgb(seed).save(src / name / f"{seed}.png")
+    return src
+
+
+def test_labels_from_class_folders(tmp_path):
+    src = _two_class_folder(tmp_path)
+    pack_folder(src, tmp_path / "out", 8, labels="dirs")
+    metas = [s["json"] for s in read_shards(tmp_path / "out")]  # decoded by webdataset
+    assert [(m["source"], m["label"]) for m in metas] == [
+        ("cats/1.png", 0), ("cats/2.png", 0), ("dogs/3.png", 1)]
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["classes"] == ["cats", "dogs"]
+
+
+def test_labels_from_a_file_class_ids_and_attributes(tmp_path):
+    src = _two_class_folder(tmp_path)
+    table = tmp_path / "labels.json"
+    table.write_text(json.dumps({"cats/1.png": 4, "cats/2.png": [0.5, 1], "dogs/3.png": 0}))
+    pack_folder(src, tmp_path / "out", 8, labels=table)
+    metas = {s["json"]["source"]: s["json"] for s in read_shards(tmp_path / "out")}
+    assert metas["cats/1.png"]["label"] == 4 and metas["dogs/3.png"]["label"] == 0
+    assert metas["cats/2.png"]["attributes"] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("table, match", [
+    ({"cats/1.png": 0, "cats/2.png": 0}, r"no entry for image 'dogs/3.png'"),
+    ({"cats/1.png": 0, "cats/2.png": "tabby", "dogs/3.png": 1}, r"'cats/2.png' -> 'tabby'"),
+    ({"cats/1.png": -1, "cats/2.png": 0, "dogs/3.png": 1}, r"'cats/1.png' -> -1"),
+])
+def test_bad_labels_file_names_the_image(tmp_path, table, match):
+    src = _two_class_folder(tmp_path)
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(PackError, match=match):
+        pack_folder(src, tmp_path / "out", 8, labels=path)
+    assert not (tmp_path / "out" / "index.json").exists()  # nothing written
+
+
+def test_labels_dirs_needs_class_folders(tmp_path):
+    src = tmp_path / "flat"
+    src.mkdir()
+    gradient_rgb(0).save(src / "a.png")
+    with pytest.raises(PackError, match=r"a.png is not inside a class folder"):
+        pack_folder(src, tmp_path / "out", 8, labels="dirs")
