@@ -20,6 +20,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_rows(m_ptr, offs_r, mask_r, b, B, C, offs_c, mask_c):
+    """Rows ``offs_r`` of kernel ``b`` of M (contiguous (N, B, C)) as fp32 ``(rows, C_PAD)``;
+    row r of kernel b starts at ``(r * B + b) * C``, padding and rows past N read 0."""
+    return tl.load(m_ptr + (offs_r * B + b)[:, None] * C + offs_c[None, :],
+                   mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _mbd_fwd_kernel(
     m_ptr, o_ptr,
     N, B, C,
@@ -31,15 +39,12 @@ def _mbd_fwd_kernel(
     offs_c = tl.arange(0, C_PAD)
     mask_i = offs_i < N
     mask_c = offs_c < C
-    # M contiguous (N, B, C): row i of kernel b starts at (i * B + b) * C
-    mi = tl.load(m_ptr + (offs_i * B + b)[:, None] * C + offs_c[None, :],
-                 mask=mask_i[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+    mi = _load_rows(m_ptr, offs_i, mask_i, b, B, C, offs_c, mask_c)
     acc = tl.zeros((BLOCK_I,), dtype=tl.float32)
     for j0 in range(0, N, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         mask_j = offs_j < N
-        mj = tl.load(m_ptr + (offs_j * B + b)[:, None] * C + offs_c[None, :],
-                     mask=mask_j[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+        mj = _load_rows(m_ptr, offs_j, mask_j, b, B, C, offs_c, mask_c)
         # padded c are 0 - 0 in both rows: they add nothing to the distance
         dist = tl.sum(tl.abs(mi[:, None, :] - mj[None, :, :]), axis=2)  # (BLOCK_I, BLOCK_J)
         valid = mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])  # j < N, j != i
@@ -60,15 +65,13 @@ def _mbd_bwd_kernel(
     mask_i = offs_i < N
     mask_c = offs_c < C
     mask_ic = mask_i[:, None] & mask_c[None, :]
-    mi = tl.load(m_ptr + (offs_i * B + b)[:, None] * C + offs_c[None, :],
-                 mask=mask_ic, other=0.0).to(tl.float32)
+    mi = _load_rows(m_ptr, offs_i, mask_i, b, B, C, offs_c, mask_c)
     gi = tl.load(g_ptr + offs_i * B + b, mask=mask_i, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_I, C_PAD), dtype=tl.float32)
     for j0 in range(0, N, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         mask_j = offs_j < N
-        mj = tl.load(m_ptr + (offs_j * B + b)[:, None] * C + offs_c[None, :],
-                     mask=mask_j[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+        mj = _load_rows(m_ptr, offs_j, mask_j, b, B, C, offs_c, mask_c)
         gj = tl.load(g_ptr + offs_j * B + b, mask=mask_j, other=0.0).to(tl.float32)
         diff = mi[:, None, :] - mj[None, :, :]  # (BLOCK_I, BLOCK_J, C_PAD)
         k = tl.exp(-tl.sum(tl.abs(diff), axis=2))  # (BLOCK_I, BLOCK_J)

@@ -185,9 +185,6 @@ def _double_backward(impl, features, T):
 ])
 @pytest.mark.parametrize("shape", [(2, 1, 1, 1), (13, 5, 3, 5)])
 def test_double_backward_matches_ref(impl, dtype, tol, shape, monkeypatch):
-    if impl == "triton" and not (triton_available()
-                                 and (torch.cuda.is_available() or triton_interpreted())):
-        pytest.skip("needs triton, and CUDA or TRITON_INTERPRET=1")
     monkeypatch.setattr(md, "ELEMENT_BUDGET", 100)  # several blocks in the torch backward
     features, T, _ = _inputs(*shape, seed=2, dtype=torch.float64)
     expected = _double_backward("ref", features, T)
