@@ -100,10 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from scalegan.generate import generate
 
+    embedding = None
+    if args.embedding is not None:
+        try:
+            embedding = [float(v) for v in args.embedding.split(",")]
+        except ValueError:
+            return _fail(f"--embedding {args.embedding!r} is not a comma-separated list of numbers")
     try:
         paths = generate(args.checkpoint, num=args.num, out=args.out, seed=args.seed,
-                         individual=args.individual)
-    except FileNotFoundError as e:
+                         individual=args.individual, label=args.label, embedding=embedding,
+                         stages=args.stages)
+    except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
     print(f"wrote {paths[0]}" if len(paths) == 1 else f"wrote {len(paths)} images to {args.out}")
     return 0
@@ -138,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grid.png", help="grid PNG path (or folder with --individual)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--individual", action="store_true", help="one PNG per image in --out")
+    p.add_argument("--label", type=int, default=None,
+                   help="class id to draw (models with model.condition=label; default: every "
+                        "class in turn)")
+    p.add_argument("--embedding", default=None,
+                   help="comma-separated attribute vector (models with model.condition=embedding)")
+    p.add_argument("--stages", choices=("final", "all"), default="final",
+                   help="StackGAN: the last stage only, or every stage side by side")
     p.set_defaults(func=cmd_generate)
     return parser
 

@@ -32,9 +32,10 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["progressive", "dcgan"] = "progressive"
+    arch: Literal["progressive", "dcgan", "stackgan"] = "progressive"
     """progressive: PGGAN-style growing G/D (fade-in, equalized LR, pixel norm, minibatch stddev);
-    dcgan: a fixed-resolution DCGAN pair."""
+    dcgan: a fixed-resolution DCGAN pair; stackgan: StackGAN-v2, one image and one D per stage
+    (base_resolution, twice that, ... up to resolution), trained jointly."""
     resolution: int = 256
     """Final image side in pixels; a power of two from 8 to 1024."""
     img_channels: int = 3
@@ -62,10 +63,33 @@ class ModelConfig:
     """Implementation of the fused ops (upsample+conv, minibatch stddev and discrimination):
     auto = Triton on CUDA, the torch fast path elsewhere; ref = the plain reference. Checkpoints
     are the same whichever trained them."""
+    base_resolution: int = 64
+    """StackGAN: image side of the first stage (64 as published); the model has
+    log2(resolution / base_resolution) + 1 stages: 3 at 256^2, 5 at 1024^2."""
+    gf_dim: int = 64
+    """StackGAN: G's feature maps at the first stage (16x that at 4x4; halved per later stage)."""
+    df_dim: int = 64
+    """StackGAN: each stage D's feature maps after its first convolution (doubled per
+    downsampling, up to 8x)."""
+    condition: Literal["none", "label", "embedding"] = "none"
+    """StackGAN conditioning, read from each sample's JSON in the shards (``scalegan pack
+    --labels``): none; label (a class id, "label"); embedding (a vector, "attributes", through
+    conditioning augmentation with its KL term)."""
+    num_classes: int = 0
+    """Classes for condition=label (class ids 0 .. num_classes - 1)."""
+    embedding_dim: int = 0
+    """Length of the attribute/embedding vector for condition=embedding."""
+    cond_dim: int = 128
+    """Size of the condition vector G and D join to their features."""
+
+    @property
+    def stages(self) -> int:
+        """StackGAN stages: base_resolution, 2x, ... up to resolution."""
+        return (self.resolution // self.base_resolution).bit_length()
 
     def __post_init__(self) -> None:
-        _check(self.arch in ("progressive", "dcgan"), "model.arch", self.arch,
-               "progressive | dcgan")
+        _check(self.arch in ("progressive", "dcgan", "stackgan"), "model.arch", self.arch,
+               "progressive | dcgan | stackgan")
         _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "model.resolution",
                self.resolution, "a power of two from 8 to 1024")
         _check(self.img_channels in (1, 3), "model.img_channels", self.img_channels, "1 or 3")
@@ -77,6 +101,24 @@ class ModelConfig:
                ">= 1")
         _check(self.mbdisc_kernels >= 0, "model.mbdisc_kernels", self.mbdisc_kernels, ">= 0")
         _check(self.mbdisc_dim >= 1, "model.mbdisc_dim", self.mbdisc_dim, ">= 1")
+        _check(self.condition in ("none", "label", "embedding"), "model.condition",
+               self.condition, "none | label | embedding")
+        if self.arch == "stackgan":
+            _check(_is_pow2(self.base_resolution) and 8 <= self.base_resolution
+                   <= self.resolution, "model.base_resolution", self.base_resolution,
+                   f"a power of two from 8 to model.resolution={self.resolution}")
+            _check(self.gf_dim >= 1, "model.gf_dim", self.gf_dim, ">= 1")
+            _check(self.df_dim >= 1, "model.df_dim", self.df_dim, ">= 1")
+            _check(self.cond_dim >= 1, "model.cond_dim", self.cond_dim, ">= 1")
+            if self.condition == "label":
+                _check(self.num_classes >= 2, "model.num_classes", self.num_classes,
+                       ">= 2 with model.condition=label")
+            if self.condition == "embedding":
+                _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim,
+                       ">= 1 with model.condition=embedding")
+        else:
+            _check(self.condition == "none", "model.condition", self.condition,
+                   f"none with model.arch={self.arch} (conditioning is model.arch=stackgan's)")
 
     def channels(self, res: int) -> int:
         """Feature maps of the block that works at ``res`` x ``res``."""
@@ -131,6 +173,15 @@ class LossConfig:
     """WGAN-GP gradient-penalty weight (lambda)."""
     drift: float = 1e-3
     """WGAN-GP drift term weight (epsilon_drift * D(real)^2)."""
+    uncond_weight: float = 1.0
+    """StackGAN, conditional runs: weight of the unconditional terms beside the conditional ones
+    (StackGAN-v2's UNCOND_LOSS)."""
+    color_weight: float = 50.0
+    """StackGAN: weight of the colour-consistency term between adjacent stages in G's loss (50 in
+    StackGAN-v2's unconditional configs; 0 disables it)."""
+    kl_weight: float = 2.0
+    """StackGAN, condition=embedding: weight of the conditioning augmentation's KL term in G's
+    loss (StackGAN-v2's birds config)."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("nonsaturating", "wgan_gp", "hinge"), "loss.kind", self.kind,
@@ -139,6 +190,9 @@ class LossConfig:
         _check(self.r1_interval >= 1, "loss.r1_interval", self.r1_interval, ">= 1")
         _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, ">= 0")
         _check(self.drift >= 0, "loss.drift", self.drift, ">= 0")
+        for name in ("uncond_weight", "color_weight", "kl_weight"):
+            v = getattr(self, name)
+            _check(v >= 0, f"loss.{name}", v, ">= 0")
 
 
 @dataclass
@@ -279,6 +333,10 @@ class Config:
             _check(self.train.schedule.start_resolution <= self.model.resolution,
                    "train.schedule.start_resolution", self.train.schedule.start_resolution,
                    f"<= model.resolution={self.model.resolution}")
+        if self.model.arch == "stackgan":
+            # StackGAN's joint loss is the logistic (non-saturating) one of every stage
+            _check(self.loss.kind == "nonsaturating", "loss.kind", self.loss.kind,
+                   "nonsaturating with model.arch=stackgan")
 
     @property
     def run_dir(self) -> Path:
@@ -307,6 +365,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 2e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # name=2024 on the command line is a name, not a number
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):

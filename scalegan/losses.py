@@ -6,7 +6,7 @@ that gradient accumulation over micro-batches divides by the number of micro-bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +44,20 @@ def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss kind {kind!r}: expected one of {LOSS_KINDS}")
 
 
-def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+def r1_penalty(real_logits: torch.Tensor | Sequence[torch.Tensor],
+               real_images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): ||dD(x)/dx||^2 per real sample, shape (N,).
 
     ``real_images`` must require grad and ``real_logits`` be computed from it. The graph is kept
-    (create_graph=True) so the penalty can be minimised w.r.t. D's weights.
+    (create_graph=True) so the penalty can be minimised w.r.t. D's weights. A multi-scale D
+    (StackGAN) passes its logits and its input images as lists: the gradient of the summed logits
+    w.r.t. every image, the squared norms summed.
     """
-    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
-    return grad.float().square().flatten(1).sum(1)
+    logits = [real_logits] if torch.is_tensor(real_logits) else list(real_logits)
+    images = [real_images] if torch.is_tensor(real_images) else list(real_images)
+    total = sum(x.float().sum() for x in logits)
+    grads = torch.autograd.grad(total, images, create_graph=True)
+    return sum(g.float().square().flatten(1).sum(1) for g in grads)
 
 
 def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,

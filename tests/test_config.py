@@ -45,11 +45,33 @@ def test_brace_pattern_override_stays_a_string():
     (["model.resolution=16", "train.schedule.start_resolution=32"],
      "train.schedule.start_resolution=32 is not allowed: expected <= model.resolution=16"),
     (["batch_size"], "not of the form key.sub=value"),
+    (["optim.g_lr=fast"], "optim.g_lr='fast' has the wrong type: expected float"),
+    (["model.arch=stackgan", "model.resolution=32"],
+     "model.base_resolution=64 is not allowed: expected a power of two from 8 to "
+     "model.resolution=32"),
+    (["model.arch=stackgan", "model.condition=label"],
+     "model.num_classes=0 is not allowed: expected >= 2 with model.condition=label"),
+    (["model.condition=label"], "model.condition='label' is not allowed: expected none with "
+     "model.arch=progressive"),
+    (["model.arch=stackgan", "loss.kind=hinge"],
+     "loss.kind='hinge' is not allowed: expected nonsaturating with model.arch=stackgan"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     assert message in str(e.value)
+
+
+def test_float_in_exponent_notation_without_a_dot():
+    # YAML 1.1 reads "2e-4" as a string; a float key takes it as the number it is
+    assert load_config(None, ["optim.g_lr=2e-4"]).optim.g_lr == 2e-4
+
+
+def test_stackgan_stage_count_follows_the_resolution():
+    for res, base, stages in ((256, 64, 3), (1024, 64, 5), (64, 16, 3), (64, 64, 1)):
+        cfg = load_config(None, ["model.arch=stackgan", f"model.resolution={res}",
+                                 f"model.base_resolution={base}"])
+        assert cfg.model.stages == stages
 
 
 def test_missing_config_file_is_named(tmp_path):

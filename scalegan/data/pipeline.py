@@ -12,6 +12,10 @@ epoch). The DataLoader hands out batches from its workers in turn, so after ``k`
 batch is role ``k % num_roles``'s; on restart worker ``w`` takes role ``(w + k) % num_roles`` and
 skips, undecoded, the samples its role already delivered. That is what makes resume exact, and the
 same restart is used when the training resolution changes.
+
+Conditional models also get each sample's label from its JSON (``"label"``, a class id, or
+``"attributes"``, a vector: what ``scalegan pack --labels`` writes), and multi-scale models the
+same image box-filtered to every scale they train (``pyramid``).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import braceexpand
 import numpy as np
 import torch
+import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
@@ -115,16 +121,34 @@ class RolePosition:
     skipped: int = 0
 
 
+LABEL_KEYS = ("label", "attributes")
+
+
+def read_label(sample: dict, key: str) -> int | list[float]:
+    """The ``key`` (``"label"`` or ``"attributes"``) of a sample's JSON; DataError if absent."""
+    raw = sample.get("json")
+    fields = json.loads(raw) if raw is not None else {}
+    if key not in fields:
+        where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+        raise DataError(f"{where} has no {key!r} in its JSON (has {sorted(fields)}): a "
+                        f"conditional model needs shards packed with labels "
+                        f"(`scalegan pack SRC OUT --labels dirs|FILE.json`)")
+    return fields[key]
+
+
 class _RoleStream(IterableDataset):
     """Yields batches dicts {"images": (B,3,R,R) uint8, "role", "epoch", "index", "skipped",
-    "keys"} forever, for the role assigned to this process (see module docstring)."""
+    "keys", "labels"} forever, for the role assigned to this process (see module docstring).
+    ``labels`` (with ``label_key``): int64 (B,) class ids or float32 (B, E) attributes."""
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, seed: int,
-                 shuffle_buffer: int, xflip: bool, starts: list[RolePosition]):
+                 shuffle_buffer: int, xflip: bool, starts: list[RolePosition],
+                 label_key: str | None = None):
         super().__init__()
         self.urls, self.batch_size, self.resolution = urls, batch_size, resolution
         self.seed, self.shuffle_buffer, self.xflip = seed, shuffle_buffer, xflip
         self.starts = starts
+        self.label_key = label_key
 
     def _tar_error(self, exn: Exception) -> bool:
         # A truncated or unreadable tar: say so and go on with the next shard.
@@ -151,6 +175,7 @@ class _RoleStream(IterableDataset):
         pos = RolePosition(**vars(self.starts[role]))
         images: list[np.ndarray] = []
         keys: list[str] = []
+        labels: list = []
         while True:
             delivered = 0
             for i, sample in enumerate(self._epoch(pos.epoch, rank, role)):
@@ -161,14 +186,16 @@ class _RoleStream(IterableDataset):
                 image = self._decode(sample, pos)
                 if image is None:
                     continue
+                if self.label_key is not None:
+                    labels.append(read_label(sample, self.label_key))
                 if self.xflip and random.Random(
                         f"flip-{self.seed}-{pos.epoch}-{rank}-{role}-{i}").random() < 0.5:
                     image = image[:, ::-1]
                 images.append(image)
                 keys.append(sample["__key__"])
                 if len(images) == self.batch_size:
-                    yield self._batch(images, keys, role, pos)
-                    images, keys = [], []
+                    yield self._batch(images, keys, labels, role, pos)
+                    images, keys, labels = [], [], []
             if delivered == 0:
                 raise DataError(f"rank {rank} worker role {role} read no samples in epoch "
                                 f"{pos.epoch} from its shards ({len(self.urls)} shards in all)")
@@ -188,11 +215,20 @@ class _RoleStream(IterableDataset):
                         sample.get("__url__"), exn)
             return None
 
-    def _batch(self, images: list[np.ndarray], keys: list[str], role: int,
+    def _batch(self, images: list[np.ndarray], keys: list[str], labels: list, role: int,
                pos: RolePosition) -> dict:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B,3,R,R)
-        return {"images": batch, "role": role, "epoch": pos.epoch, "index": pos.index,
-                "skipped": pos.skipped, "keys": keys}
+        out = {"images": batch, "role": role, "epoch": pos.epoch, "index": pos.index,
+               "skipped": pos.skipped, "keys": keys, "labels": None}
+        if self.label_key == "label":
+            out["labels"] = torch.tensor(labels, dtype=torch.int64)
+        elif self.label_key == "attributes":
+            try:
+                out["labels"] = torch.tensor(labels, dtype=torch.float32)
+            except ValueError:
+                raise DataError(f"samples {keys} have attribute vectors of different lengths: "
+                                f"{sorted({len(v) for v in labels})}") from None
+        return out
 
 
 def _assign_role(num_roles: int, offset: int, worker_id: int) -> None:
@@ -205,17 +241,41 @@ def _assign_role(num_roles: int, offset: int, worker_id: int) -> None:
 # ------------------------------------------------------------------------------ the rank's stream
 
 
+class Batch(NamedTuple):
+    images: torch.Tensor | list[torch.Tensor]
+    """(B, 3, R, R) float32 in [-1, 1]; with ``pyramid``, one such tensor per scale."""
+    keys: list[str]
+    """The samples' keys."""
+    labels: torch.Tensor | None = None
+    """With ``label_key``: int64 (B,) class ids or float32 (B, E) attribute vectors."""
+
+
+def box_pyramid(images: torch.Tensor, pyramid: int) -> list[torch.Tensor]:
+    """``images`` (B, C, R, R) and its box-filtered halvings: ``pyramid`` tensors, smallest
+    first (R / 2^(pyramid-1), ..., R). Each is the exact mean of 2^k x 2^k pixel blocks of the
+    full-size image, the filter the data is shrunk with everywhere else."""
+    return [F.avg_pool2d(images, 2 ** k) if k else images for k in reversed(range(pyramid))]
+
+
 class ImageStream:
     """Endless, deterministic batches (B, 3, R, R) float32 in [-1, 1] for this rank.
 
     ``state_dict()`` is the data position (JSON-serialisable); ``load_state_dict`` restarts there.
     ``set_resolution`` changes the size images are box-filtered to, from the next batch on.
+    ``label_key`` ("label" or "attributes") also serves each sample's label from its JSON;
+    ``pyramid`` > 1 serves each image at that many scales (halving), see ``box_pyramid``.
     """
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, *, seed: int = 0,
-                 num_workers: int = 0, shuffle_buffer: int = 1000, xflip: bool = False):
+                 num_workers: int = 0, shuffle_buffer: int = 1000, xflip: bool = False,
+                 label_key: str | None = None, pyramid: int = 1):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if label_key not in (None, *LABEL_KEYS):
+            raise DataError(f"label_key={label_key!r}: expected one of {LABEL_KEYS} or None")
+        if pyramid < 1 or resolution % 2 ** (pyramid - 1):
+            raise DataError(f"pyramid={pyramid} scales do not fit resolution {resolution}")
+        self.label_key, self.pyramid = label_key, pyramid
         rank, world, _, _ = wds.utils.pytorch_worker_info()
         self.num_roles = max(1, num_workers)
         if len(urls) < world * self.num_roles:
@@ -238,7 +298,8 @@ class ImageStream:
     def _start(self) -> None:
         offset = self.batches % self.num_roles
         dataset = _RoleStream(self.urls, self.batch_size, self.resolution, self.seed,
-                              self.shuffle_buffer, self.xflip, starts=list(self.roles))
+                              self.shuffle_buffer, self.xflip, starts=list(self.roles),
+                              label_key=self.label_key)
         loader = DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers,
             worker_init_fn=functools.partial(_assign_role, self.num_roles, offset),
@@ -246,8 +307,9 @@ class ImageStream:
         )
         self._iter = iter(loader)
 
-    def next_batch(self) -> tuple[torch.Tensor, list[str]]:
-        """The next (B, 3, R, R) float32 batch in [-1, 1] and its sample keys."""
+    def next_batch(self) -> Batch:
+        """The next batch: (B, 3, R, R) float32 images in [-1, 1] (one per scale with
+        ``pyramid``), their sample keys and, with ``label_key``, their labels."""
         if self._iter is None:
             self._start()
         batch = next(self._iter)
@@ -257,11 +319,13 @@ class ImageStream:
         self.roles[role] = RolePosition(batch["epoch"], batch["index"], batch["skipped"])
         self.batches += 1
         images = batch["images"].float().div_(127.5).sub_(1.0)
-        return images, batch["keys"]
+        if self.pyramid > 1:
+            images = box_pyramid(images, self.pyramid)
+        return Batch(images, batch["keys"], batch["labels"])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
-            yield self.next_batch()[0]
+            yield self.next_batch().images
 
     def set_resolution(self, resolution: int) -> None:
         if resolution != self.resolution:

@@ -7,6 +7,7 @@ from torch import nn
 from scalegan.config import ModelConfig
 from scalegan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from scalegan.models.progressive import ProgressiveDiscriminator, ProgressiveGenerator
+from scalegan.models.stackgan import StackDiscriminator, StackGenerator
 
 __all__ = [
     "build_models",
@@ -15,20 +16,32 @@ __all__ = [
     "ProgressiveDiscriminator",
     "DCGANGenerator",
     "DCGANDiscriminator",
+    "StackGenerator",
+    "StackDiscriminator",
 ]
 
 
 def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """Return ``(G, D)`` for ``cfg.arch``, freshly initialised on the CPU in float32.
 
-    Both take ``(x, resolution, alpha=1.0)``: G maps ``(N, latent_dim)`` latents to
-    ``(N, img_channels, resolution, resolution)`` images, D maps such images to ``(N,)`` logits.
+    progressive, dcgan: both take ``(x, resolution, alpha=1.0)``: G maps ``(N, latent_dim)``
+    latents to ``(N, img_channels, resolution, resolution)`` images, D maps such images to
+    ``(N,)`` logits. stackgan: ``G(z, cond, eps)`` -> (one image per stage, mu, logvar) and
+    ``D(images, cond)`` -> (unconditional logits, conditional logits) per stage.
     """
     if cfg.arch == "progressive":
         return ProgressiveGenerator(cfg), ProgressiveDiscriminator(cfg)
     if cfg.arch == "dcgan":
         return DCGANGenerator(cfg), DCGANDiscriminator(cfg)
-    raise ValueError(f"unknown model.arch {cfg.arch!r}: expected progressive | dcgan")
+    if cfg.arch == "stackgan":
+        cond = dict(condition=cfg.condition, cond_dim=cfg.cond_dim, num_classes=cfg.num_classes,
+                    embedding_dim=cfg.embedding_dim, base_resolution=cfg.base_resolution)
+        G = StackGenerator(num_stages=cfg.stages, latent_dim=cfg.latent_dim, gf_dim=cfg.gf_dim,
+                           img_channels=cfg.img_channels, ops_impl=cfg.ops_impl, **cond)
+        D = StackDiscriminator(num_stages=cfg.stages, img_channels=cfg.img_channels,
+                               df_dim=cfg.df_dim, **cond)
+        return G, D
+    raise ValueError(f"unknown model.arch {cfg.arch!r}: expected progressive | dcgan | stackgan")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -1,11 +1,12 @@
 """StackGAN-v2 (Zhang et al. 2018, "StackGAN++"): a tree of generator stages, one image per
 stage (64^2, 128^2, 256^2, ... with ``num_stages``), one discriminator per stage, trained jointly.
 
-Generator: z (and the condition) -> a 4x4 map -> four upsampling blocks -> the 64^2 features of
-stage 0; every further stage joins the previous features with the condition, refines them with
-two residual blocks and doubles the resolution. Each stage turns its features into an image
-(3x3 conv + tanh). Channels: ``gf_dim * 16`` at 4x4 down to ``gf_dim`` at 64^2, then halved per
-stage (at least ``min_channels``).
+Generator: z (and the condition) -> a 4x4 map -> upsampling blocks -> the features of stage 0 at
+``base_resolution`` (64^2 as published; smaller bases make quick CPU models); every further stage
+joins the previous features with the condition, refines them with two residual blocks and doubles
+the resolution. Each stage turns its features into an image (3x3 conv + tanh). Channels:
+``gf_dim * 16`` at 4x4 down to ``gf_dim`` at 64^2 (halved per upsampling), then halved per stage
+(at least ``min_channels``).
 
 Departures from the published code, and why:
 
@@ -18,7 +19,8 @@ Departures from the published code, and why:
 Conditioning (``condition``): ``"none"``; ``"label"``, a class id embedded to ``cond_dim``;
 ``"embedding"``, a vector (attributes, text embedding) of ``embedding_dim`` passed through
 conditioning augmentation: ``c = mu + sigma * eps`` with ``(mu, log sigma^2)`` from a linear
-layer, and the KL term ``scalegan.losses.kl_divergence(mu, logvar)`` added to G's loss.
+layer and ``eps`` passed in by the caller (so a data-parallel run can draw it for the global
+batch), and the KL term ``scalegan.losses.kl_divergence(mu, logvar)`` added to G's loss.
 
 Architecture only: no device or distributed logic.
 """
@@ -39,24 +41,26 @@ BASE_RESOLUTION = 64
 Condition = Literal["none", "label", "embedding"]
 
 
-def stage_resolutions(num_stages: int) -> list[int]:
+def stage_resolutions(num_stages: int, base_resolution: int = BASE_RESOLUTION) -> list[int]:
     """[64, 128, ...]: the image side of each stage."""
-    return [BASE_RESOLUTION * 2 ** i for i in range(num_stages)]
+    return [base_resolution * 2 ** i for i in range(num_stages)]
 
 
 class ConditioningAugmentation(nn.Module):
-    """``e`` ``(N, embedding_dim)`` -> ``(c, mu, logvar)``, each ``(N, cond_dim)``; ``c`` is
-    sampled as ``mu + exp(logvar / 2) * eps`` with ``eps`` drawn from ``generator`` if given."""
+    """``e`` ``(N, embedding_dim)`` -> ``(c, mu, logvar)``, each ``(N, cond_dim)``;
+    ``c = mu + exp(logvar / 2) * eps`` with the standard-normal ``eps`` ``(N, cond_dim)`` given
+    (drawn here when None). ``eps = 0`` gives the mean: what sampling for display uses."""
 
     def __init__(self, embedding_dim: int, cond_dim: int) -> None:
         super().__init__()
         self.fc = EqualizedLinear(embedding_dim, 2 * cond_dim)
         self.cond_dim = cond_dim
 
-    def forward(self, e: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, e: torch.Tensor, eps: torch.Tensor | None = None):
         mu, logvar = F.leaky_relu(self.fc(e), 0.2).chunk(2, dim=1)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
+        if eps is None:
+            eps = torch.randn_like(mu)
+        return mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype), mu, logvar
 
 
 class _Condition(nn.Module):
@@ -73,10 +77,10 @@ class _Condition(nn.Module):
         elif condition == "embedding":
             self.ca = ConditioningAugmentation(embedding_dim, cond_dim)
 
-    def forward(self, cond: torch.Tensor, generator: torch.Generator | None = None):
+    def forward(self, cond: torch.Tensor, eps: torch.Tensor | None = None):
         if self.condition == "label":
             return self.embed(cond), None, None
-        return self.ca(cond, generator)
+        return self.ca(cond, eps)
 
 
 class _UpBlock(nn.Module):
@@ -106,20 +110,21 @@ class _ResBlock(nn.Module):
 
 
 class _InitStage(nn.Module):
-    """``(N, latent_dim + cond)`` -> features ``(N, gf_dim, 64, 64)``."""
+    """``(N, latent_dim + cond)`` -> features ``(N, gf_dim, base, base)``."""
 
-    def __init__(self, in_dim: int, gf_dim: int, ops_impl: str) -> None:
+    def __init__(self, in_dim: int, gf_dim: int, base_resolution: int, ops_impl: str) -> None:
         super().__init__()
-        self.c0 = gf_dim * 16
+        ups = base_resolution.bit_length() - 3  # 4x4 -> base: log2(base / 4) upsamplings
+        chans = [gf_dim * 2 ** (ups - i) for i in range(ups + 1)]  # 16g, 8g, ..., g at 64^2
+        self.c0 = chans[0]
         self.fc = EqualizedLinear(in_dim, self.c0 * 16)
         self.norm = PixelNorm()
-        chans = [gf_dim * 16, gf_dim * 8, gf_dim * 4, gf_dim * 2, gf_dim]
         self.up = nn.Sequential(*[_UpBlock(a, b, ops_impl)
                                   for a, b in zip(chans[:-1], chans[1:], strict=True)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(F.leaky_relu(self.fc(x), 0.2).reshape(-1, self.c0, 4, 4))  # (N, 16g, 4, 4)
-        return self.up(h)  # (N, gf_dim, 64, 64)
+        return self.up(h)  # (N, gf_dim, base, base)
 
 
 class _NextStage(nn.Module):
@@ -140,19 +145,23 @@ class _NextStage(nn.Module):
 
 
 class StackGenerator(nn.Module):
-    """``G(z, cond=None)`` -> ``(images, mu, logvar)``: ``images`` a list of ``num_stages``
-    tensors ``(N, img_channels, 64 * 2^i, 64 * 2^i)`` in [-1, 1]; ``mu``/``logvar`` of the
-    conditioning augmentation (None unless ``condition == "embedding"``).
+    """``G(z, cond=None, eps=None)`` -> ``(images, mu, logvar)``: ``images`` a list of
+    ``num_stages`` tensors ``(N, img_channels, base * 2^i, base * 2^i)`` in [-1, 1];
+    ``mu``/``logvar`` of the conditioning augmentation (None unless ``condition == "embedding"``).
 
     ``cond``: class ids ``(N,)`` (``"label"``) or vectors ``(N, embedding_dim)``
-    (``"embedding"``). Submodules: ``stages[str(i)]`` and ``to_rgb[str(i)]`` per stage.
+    (``"embedding"``); ``eps`` ``(N, cond_dim)``: the conditioning augmentation's noise.
+    Submodules: ``stages[str(i)]`` and ``to_rgb[str(i)]`` per stage.
     """
 
     def __init__(self, num_stages: int = 3, latent_dim: int = 100, gf_dim: int = 32,
                  img_channels: int = 3, condition: Condition = "none", cond_dim: int = 128,
                  num_classes: int = 0, embedding_dim: int = 0, min_channels: int = 8,
-                 ops_impl: str = "auto") -> None:
+                 base_resolution: int = BASE_RESOLUTION, ops_impl: str = "auto") -> None:
         super().__init__()
+        if base_resolution < 8 or base_resolution & (base_resolution - 1):
+            raise ValueError(f"StackGenerator: base_resolution must be a power of two >= 8, got "
+                             f"{base_resolution}")
         if num_stages < 1:
             raise ValueError(f"StackGenerator: num_stages must be >= 1, got {num_stages}")
         if condition == "label" and num_classes < 1:
@@ -160,10 +169,12 @@ class StackGenerator(nn.Module):
         if condition == "embedding" and embedding_dim < 1:
             raise ValueError("StackGenerator: condition='embedding' needs embedding_dim >= 1")
         self.num_stages, self.latent_dim, self.condition = num_stages, latent_dim, condition
-        self.resolutions = stage_resolutions(num_stages)
+        self.resolutions = stage_resolutions(num_stages, base_resolution)
+        self.cond_dim = cond_dim
         c_dim = 0 if condition == "none" else cond_dim
         self.cond = _Condition(condition, cond_dim, num_classes, embedding_dim) if c_dim else None
-        self.stages = nn.ModuleDict({"0": _InitStage(latent_dim + c_dim, gf_dim, ops_impl)})
+        self.stages = nn.ModuleDict({
+            "0": _InitStage(latent_dim + c_dim, gf_dim, base_resolution, ops_impl)})
         chans = [gf_dim]
         for i in range(1, num_stages):
             chans.append(max(min_channels, chans[-1] // 2))
@@ -172,7 +183,7 @@ class StackGenerator(nn.Module):
             str(i): EqualizedConv2d(c, img_channels, 3, gain=1.0) for i, c in enumerate(chans)})
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None,
-                generator: torch.Generator | None = None):
+                eps: torch.Tensor | None = None):
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"StackGenerator: z must be (N, {self.latent_dim}), got "
                              f"{tuple(z.shape)}")
@@ -181,8 +192,8 @@ class StackGenerator(nn.Module):
                              f"{'needs' if self.cond is not None else 'takes no'} cond")
         c = mu = logvar = None
         if self.cond is not None:
-            c, mu, logvar = self.cond(cond, generator)
-        h = self.stages["0"](z if c is None else torch.cat([z, c], dim=1))  # (N, gf, 64, 64)
+            c, mu, logvar = self.cond(cond, eps)
+        h = self.stages["0"](z if c is None else torch.cat([z, c], dim=1))  # (N, gf, base, base)
         images = [torch.tanh(self.to_rgb["0"](h))]
         for i in range(1, self.num_stages):
             h = self.stages[str(i)](h, c)  # (N, C_i, 64 * 2^i, 64 * 2^i)
@@ -228,14 +239,14 @@ class StackDiscriminator(nn.Module):
 
     def __init__(self, num_stages: int = 3, img_channels: int = 3, df_dim: int = 32,
                  condition: Condition = "none", cond_dim: int = 128, num_classes: int = 0,
-                 embedding_dim: int = 0) -> None:
+                 embedding_dim: int = 0, base_resolution: int = BASE_RESOLUTION) -> None:
         super().__init__()
         self.num_stages, self.condition = num_stages, condition
         c_dim = 0 if condition == "none" else cond_dim
         self.cond = _Condition(condition, cond_dim, num_classes, embedding_dim) if c_dim else None
         self.stages = nn.ModuleDict({
             str(i): _StageD(r, img_channels, df_dim, c_dim)
-            for i, r in enumerate(stage_resolutions(num_stages))})
+            for i, r in enumerate(stage_resolutions(num_stages, base_resolution))})
 
     def forward(self, images: list[torch.Tensor], cond: torch.Tensor | None = None):
         if len(images) != self.num_stages:

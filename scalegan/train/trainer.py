@@ -2,9 +2,10 @@
 
 ``Trainer.train()`` reads as the algorithm: for each step, pick the phase (resolution, fade alpha)
 from images seen, run the D phase on real and generated micro-batches, the lazy R1 phase when it
-is due, the G phase, update G_ema, then log, sample and checkpoint. Everything a step depends on
-(weights, optimizer moments, G_ema, counters, RNG, data position) is in the checkpoint, so a
-resumed run continues bit for bit.
+is due, the G phase, update G_ema, then log, sample and checkpoint. The forward passes and losses
+of each model family are its objective's (``scalegan.train.objectives``). Everything a step
+depends on (weights, optimizer moments, G_ema, counters, RNG, data position) is in the checkpoint,
+so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import json
 import logging
 import os
 import resource
@@ -23,9 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from scalegan import losses
 from scalegan.config import Config, config_to_dict, save_config
-from scalegan.data.pipeline import ImageStream, expand_shards
+from scalegan.data.pipeline import DataError, ImageStream, expand_shards
 from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
@@ -34,6 +35,7 @@ from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
 from scalegan.train.checkpoint import CheckpointManager, ModelState, ResumeError, read_meta
 from scalegan.train.ema import ema_beta
+from scalegan.train.objectives import MicroBatch, build_objective
 from scalegan.train.preemption import StopSignal
 from scalegan.train.schedule import Phase, phase_at
 
@@ -60,16 +62,6 @@ def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
 
 
 @dataclass
-class MicroBatch:
-    real: torch.Tensor
-    """(B, C, R, R) real images in [-1, 1]."""
-    z_d: torch.Tensor
-    """(B, latent_dim) latents for the fakes D sees."""
-    z_g: torch.Tensor
-    """(B, latent_dim) latents for the fakes G is trained on."""
-
-
-@dataclass
 class StepStats:
     values: dict[str, float] = field(default_factory=dict)
 
@@ -77,6 +69,10 @@ class StepStats:
         if torch.is_tensor(value):
             value = value.detach().item()
         self.values[key] = self.values.get(key, 0.0) + value * weight
+
+    def add_all(self, values: dict[str, torch.Tensor | float], weight: float = 1.0) -> None:
+        for key, value in values.items():
+            self.add(key, value, weight)
 
 
 def _encode_rng(state: torch.Tensor) -> str:
@@ -113,6 +109,7 @@ class Trainer:
         self.strategy.wrap_ema(self.G_ema)
         self.opt_G, self.opt_D = self._make_optimizers()
         self.strategy.setup_optimizers(self.opt_G, self.opt_D)
+        self.objective = build_objective(cfg, self.autocast)
 
         # Latents and penalty mixing weights come from one generator, identical on every rank: each
         # rank draws the global batch and keeps its slice, so a run's randomness does not depend on
@@ -122,6 +119,7 @@ class Trainer:
         self.step = 0
         self.sample_z = torch.randn(cfg.log.sample_grid ** 2, cfg.model.latent_dim,
                                     generator=torch.Generator().manual_seed(tc.seed + 31337))
+        self.sample_cond = self._sample_conditions(None)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.data: ImageStream | None = None
         self.logger: Logger | None = None
@@ -145,10 +143,26 @@ class Trainer:
         return opt_G, opt_D
 
     def _open_data(self) -> ImageStream:
-        dc = self.cfg.data
-        return ImageStream(expand_shards(dc.shards), self.micro_batch, self.phase().resolution,
+        dc, mc = self.cfg.data, self.cfg.model
+        urls = expand_shards(dc.shards)
+        if mc.condition == "label":
+            self._check_classes(dc.shards)
+        return ImageStream(urls, self.micro_batch, self.phase().resolution,
                            seed=self.cfg.train.seed, num_workers=dc.num_workers,
-                           shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip)
+                           shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip,
+                           label_key={"none": None, "label": "label",
+                                      "embedding": "attributes"}[mc.condition],
+                           pyramid=mc.stages if mc.arch == "stackgan" else 1)
+
+    def _check_classes(self, shards: str) -> None:
+        """A labelled pack lists its classes in index.json: they must fit model.num_classes."""
+        index = Path(shards) / "index.json"
+        if not index.is_file():
+            return
+        classes = json.loads(index.read_text()).get("classes")
+        if classes is not None and len(classes) > self.cfg.model.num_classes:
+            raise DataError(f"{index} lists {len(classes)} classes but model.num_classes="
+                            f"{self.cfg.model.num_classes}: set model.num_classes={len(classes)}")
 
     def _open_loggers(self) -> Logger:
         cfg = self.cfg
@@ -198,59 +212,84 @@ class Trainer:
         return self._global_draw(torch.randn, n, self.cfg.model.latent_dim)
 
     def next_micro_batches(self) -> list[MicroBatch]:
-        """``grad_accum`` micro-batches of real images and latents for one optimizer step."""
-        batches = []
+        """``grad_accum`` micro-batches of real images and latents for one optimizer step (and,
+        for conditional models, conditions)."""
+        mc, batches = self.cfg.model, []
         for _ in range(self.cfg.train.grad_accum):
-            real, _ = self.data.next_batch()
-            if real.shape[1] != self.cfg.model.img_channels:  # grayscale model on RGB shards
-                real = real.mean(1, keepdim=True)
-            n = real.shape[0]
-            batches.append(MicroBatch(real.to(self.device), self.latents(n), self.latents(n)))
+            batch = self.data.next_batch()
+            scales = batch.images if isinstance(batch.images, list) else [batch.images]
+            if mc.img_channels == 1:  # a grayscale model on RGB shards
+                scales = [x.mean(1, keepdim=True) for x in scales]
+            scales = [x.to(self.device) for x in scales]
+            n = scales[0].shape[0]
+            real = scales if isinstance(batch.images, list) else scales[0]
+            mb = MicroBatch(real, self.latents(n), self.latents(n))
+            if mc.condition != "none":
+                mb.cond = batch.labels.to(self.device)
+                mb.wrong_cond = self.mismatched_conditions(mb.cond)
+                if self.sample_cond is None:
+                    self.sample_cond = self._sample_conditions(mb.cond)
+            if mc.condition == "embedding":
+                mb.eps_d = self._global_draw(torch.randn, n, mc.cond_dim)
+                mb.eps_g = self._global_draw(torch.randn, n, mc.cond_dim)
+            batches.append(mb)
         return batches
+
+    def mismatched_conditions(self, cond: torch.Tensor) -> torch.Tensor:
+        """Per sample another condition, for the (real image, wrong condition) pairs: a random
+        other class, or the next sample's vector in the global micro-batch. Both are the same
+        whatever the number of ranks."""
+        n = cond.shape[0]
+        if not cond.is_floating_point():  # class ids: shift by 1 .. num_classes - 1
+            k = self.cfg.model.num_classes
+            shift = self._global_draw(lambda *s, generator: torch.randint(1, k, s,
+                                                                          generator=generator), n)
+            return (cond + shift) % k
+        full = cond
+        if self.env.distributed:
+            parts = [torch.empty_like(cond) for _ in range(self.world)]
+            dist.all_gather(parts, cond.contiguous())
+            full = torch.cat(parts)
+        index = (torch.arange(n, device=cond.device) + self.rank * n + 1) % full.shape[0]
+        return full[index]
+
+    def _sample_conditions(self, seen: torch.Tensor | None) -> torch.Tensor | None:
+        """Conditions of the sample grids: classes in turn (a row per class for grids as wide
+        as the class count), or the attribute vectors of the first batch, repeated."""
+        mc, n = self.cfg.model, self.cfg.log.sample_grid ** 2
+        if mc.condition == "label":
+            return torch.arange(n) % mc.num_classes
+        if mc.condition == "embedding" and seen is not None:
+            return seen.detach().cpu()[torch.arange(n) % seen.shape[0]]
+        return None
 
     def d_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
         """One D update: adversarial loss (+ WGAN-GP) averaged over micro-batches."""
-        lc, stats = self.cfg.loss, StepStats()
+        stats = StepStats()
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         self.strategy.zero_grad("D")
-        res, alpha = phase.resolution, phase.alpha
-        gp_weight = lc.gp_weight if lc.kind == "wgan_gp" else 0.0
         for mb in batches:
-            with self.autocast(), torch.no_grad():
-                fake = self.G(mb.z_d, res, alpha)
-            with (self.strategy.input_gradient() if gp_weight > 0
+            with torch.no_grad():
+                fake = self.objective.fake(self.G, mb, phase)
+            with (self.strategy.input_gradient() if self.objective.d_needs_input_gradient
                   else contextlib.nullcontext(self.strategy.trainable("D"))) as D:
-                with self.autocast():
-                    real_logits = D(mb.real, res, alpha)
-                    fake_logits = D(fake, res, alpha)
-                loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
-                stats.add("loss/D", loss, 1 / len(batches))
-                if gp_weight > 0:
-                    mix = self._global_draw(torch.rand, mb.real.shape[0])
-                    with self.autocast():
-                        gp = losses.gradient_penalty(lambda x, D=D: D(x, res, alpha), mb.real,
-                                                     fake, mix).mean()
-                    loss = loss + gp_weight * gp
-                    stats.add("loss/gp", gp, 1 / len(batches))
+                loss, scalars = self.objective.d_loss(
+                    D, mb, fake, phase, mix=lambda mb=mb: self._global_draw(
+                        torch.rand, mb.z_d.shape[0]))
+                stats.add_all(scalars, 1 / len(batches))
                 self.strategy.backward("D", loss / len(batches))
         self.strategy.step("D")
         return stats
 
     def r1_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
-        """Lazy R1: gamma/2 * ||grad D(real)||^2, scaled by the interval it stands for."""
-        lc, stats = self.cfg.loss, StepStats()
+        """Lazy R1 on real images, every ``loss.r1_interval`` steps."""
+        stats = StepStats()
         self.strategy.zero_grad("D")
         for mb in batches:
-            real = mb.real.detach().requires_grad_(True)
             with self.strategy.input_gradient() as D:
-                with self.autocast():
-                    real_logits = D(real, phase.resolution, phase.alpha)
-                penalty = losses.r1_penalty(real_logits, real).mean()
-                stats.add("loss/r1", penalty, 1 / len(batches))
-                # "+ 0 * logits" keeps every D output in the graph, as data-parallel wrappers
-                # expect.
-                loss = penalty * (lc.r1_gamma / 2 * lc.r1_interval) + real_logits.float().mean() * 0
+                loss, scalars = self.objective.r1_loss(D, mb, phase)
+                stats.add_all(scalars, 1 / len(batches))
                 self.strategy.backward("D", loss / len(batches))
         self.strategy.step("D")
         return stats
@@ -263,11 +302,8 @@ class Trainer:
         self.strategy.zero_grad("G")
         G = self.strategy.trainable("G")
         for mb in batches:
-            with self.autocast():
-                fake_logits = self.D(G(mb.z_g, phase.resolution, phase.alpha),
-                                     phase.resolution, phase.alpha)
-            loss = losses.g_loss(self.cfg.loss.kind, fake_logits)
-            stats.add("loss/G", loss, 1 / len(batches))
+            loss, scalars = self.objective.g_loss(G, self.D, mb, phase)
+            stats.add_all(scalars, 1 / len(batches))
             self.strategy.backward("G", loss / len(batches))
         self.strategy.step("G")
         self.D.requires_grad_(True)
@@ -406,8 +442,14 @@ class Trainer:
     def sample(self) -> Path:
         """G_ema on the fixed latents at the current phase -> samples/step_XXXXXXXXX.png."""
         phase = self.phase()
-        images = torch.cat([self.G_ema(z.to(self.device), phase.resolution, phase.alpha)
-                            for z in self.sample_z.split(16)])
+        cond = self.sample_cond
+        if cond is None and self.cfg.model.condition != "none":
+            return self.run_dir / "samples"  # no data seen yet: nothing to condition on
+        images = torch.cat([
+            self.objective.display(self.G_ema, z.to(self.device),
+                                   None if cond is None else cond[i:i + 16].to(self.device), phase)
+            for i, z in zip(range(0, len(self.sample_z), 16), self.sample_z.split(16),
+                            strict=True)])
         self.last_sample_step = self.step
         path = self.run_dir / "samples" / f"step_{self.step:09d}.png"
         if not self.is_main:

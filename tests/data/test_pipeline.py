@@ -22,7 +22,7 @@ def read_epoch0(stream: ImageStream) -> dict[int, list[str]]:
     done: set[int] = set()
     while len(done) < stream.num_roles:
         role = stream.batches % stream.num_roles
-        _, keys = stream.next_batch()
+        keys = stream.next_batch().keys
         if stream.roles[role].epoch >= 1:
             done.add(role)
         else:
@@ -50,7 +50,7 @@ def test_two_ranks_two_workers_see_every_sample_once_per_epoch(shards, monkeypat
 
 
 def _take(stream: ImageStream, n: int) -> list[tuple[torch.Tensor, list[str]]]:
-    return [stream.next_batch() for _ in range(n)]
+    return [stream.next_batch()[:2] for _ in range(n)]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -94,7 +94,7 @@ def test_box_downsampling_and_range(shards):
     assert out.shape == (8, 8, 3)
     assert np.abs(out.astype(np.float64) - want).max() <= 0.5 + 1e-9  # box average, rounded
     stream = ImageStream(shards(1, 4, 16), batch_size=4, resolution=4)
-    batch, _ = stream.next_batch()
+    batch = stream.next_batch().images
     assert batch.shape == (4, 3, 4, 4) and batch.min() >= -1 and batch.max() <= 1
 
 
@@ -108,7 +108,7 @@ def test_corrupt_sample_is_skipped_and_counted(tmp_path, caplog):
             sink.write({"__key__": f"{i:08d}", "png": data})
     stream = ImageStream([str(path)], batch_size=4, resolution=8, shuffle_buffer=1)
     with caplog.at_level(logging.WARNING):
-        _, keys = stream.next_batch()
+        keys = stream.next_batch().keys
     assert keys == ["00000000", "00000001", "00000003", "00000004"]
     assert stream.skipped == 1
     assert "00000002" in caplog.text and "000000.tar" in caplog.text
@@ -154,7 +154,7 @@ def test_resolution_change_restarts_at_position(shards):
     b.next_batch()
     b.next_batch()
     b.set_resolution(8)
-    img, keys = b.next_batch()
+    img, keys, _ = b.next_batch()
     assert keys == ref[2][1] and img.shape[-1] == 8
     want = torch.nn.functional.avg_pool2d((ref[2][0] + 1) * 127.5, 2)
     assert (img + 1).mul(127.5).sub(want).abs().max() <= 0.5 + 1e-4

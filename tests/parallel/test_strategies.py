@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from scalegan.config import load_config
+from scalegan.data.pipeline import Batch, box_pyramid
 from scalegan.parallel.env import DistEnv
 from scalegan.train.trainer import Trainer
 
@@ -47,7 +48,7 @@ class FixedBatches:
     def next_batch(self):
         full = torch.rand(self.micro * self.world, 3, self.resolution, self.resolution,
                           generator=self.gen, dtype=torch.get_default_dtype()) * 2 - 1
-        return full[self.rank * self.micro:(self.rank + 1) * self.micro], []
+        return Batch(full[self.rank * self.micro:(self.rank + 1) * self.micro], [])
 
     def close(self) -> None: ...
 
@@ -162,3 +163,63 @@ def test_bf16_trains_across_a_resolution_boundary(strategy, tmp_path):
         if strategy.startswith("deepspeed"):
             # DeepSpeed's bf16 mode holds the module's weights in bf16 (fp32 master copies)
             assert set(result["dtypes"]) == {"torch.bfloat16"}
+
+
+# ----------------------------------------------------------------------------------- StackGAN-v2
+
+STACK_STEPS = 4  # R1 on steps 0 and 2
+
+
+class FixedStackBatches(FixedBatches):
+    """Seeded global micro-batches of 3-scale images (box pyramid of one image) and conditions,
+    this rank's contiguous slice."""
+
+    def __init__(self, micro: int, rank: int, world: int, condition: str):
+        super().__init__(micro, rank, world)
+        self.condition = condition
+
+    def next_batch(self):
+        n = self.micro * self.world
+        mine = slice(self.rank * self.micro, (self.rank + 1) * self.micro)
+        full = torch.rand(n, 3, 32, 32, generator=self.gen, dtype=torch.get_default_dtype())
+        full = full * 2 - 1
+        images = [x[mine] for x in box_pyramid(full, 3)]
+        labels = None
+        if self.condition == "label":
+            labels = torch.randint(0, 3, (n,), generator=self.gen)[mine]
+        elif self.condition == "embedding":
+            labels = torch.rand(n, 5, generator=self.gen, dtype=torch.get_default_dtype())[mine]
+        return Batch(images, [], labels)
+
+
+def train_stack(env: DistEnv, strategy: str, condition: str, tmp_path, extra: list[str]) -> dict:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = load_config(None, overrides(strategy, tmp_path) + extra + [
+            "model.arch=stackgan", "model.resolution=32", "model.base_resolution=8",
+            "model.gf_dim=4", "model.df_dim=4", "model.cond_dim=6", f"model.condition={condition}",
+            "model.num_classes=3", "model.embedding_dim=5"])
+        trainer = Trainer(cfg, env)
+        trainer.data = FixedStackBatches(trainer.micro_batch, env.rank, env.world_size, condition)
+        rows = [trainer.train_step() for _ in range(STACK_STEPS)]
+        assert all("loss/color" in r for r in rows) and "loss/r1" in rows[0]
+        assert ("loss/kl" in rows[0]) == (condition == "embedding")
+        return {f"{name}.{k}": v for name, model in
+                (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.G_ema))
+                for k, v in trainer.strategy.full_state_dict(model).items()}
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("strategy,condition", [
+    ("ddp", "none"), ("fsdp", "embedding"), ("deepspeed-3", "label")])
+def test_stackgan_two_ranks_match_one_process(strategy, condition, tmp_path):
+    # Three stages (8, 16, 32), R1, colour consistency, wrong pairs and the conditioning
+    # augmentation's noise, with 2 micro-batches per step: the same tolerances as above.
+    strategy, extra = _strategy_overrides(strategy)
+    extra += ["train.grad_accum=2", "train.batch_size=16"]
+    single = train_stack(DistEnv(), strategy, condition, tmp_path / "single", extra)
+    ranks = run_ranks(2, train_stack, strategy, condition, tmp_path / "multi", extra,
+                      tmp_path=tmp_path)
+    assert_matches(single, ranks, atol=ATOL[strategy])
