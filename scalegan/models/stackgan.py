@@ -222,11 +222,12 @@ class _StageD(nn.Module):
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None):
         h = self.down(img)  # (N, C, 4, 4)
-        uncond = self.logit(h).flatten()  # (N,)
+        # (N, 1, 1, 1) -> (N,) as a new tensor, not a view: FSDP warns about views it returns
+        uncond = self.logit(h).sum((1, 2, 3))
         if c is None:
             return uncond, None
         h = self.joint(torch.cat([h, c[:, :, None, None].expand(-1, -1, 4, 4)], dim=1))
-        return uncond, self.cond_logit(h).flatten()
+        return uncond, self.cond_logit(h).sum((1, 2, 3))
 
 
 class StackDiscriminator(nn.Module):
