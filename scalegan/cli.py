@@ -1,10 +1,11 @@
-"""`scalegan pack | train | generate`: parse, load the config, call the library."""
+"""`scalegan pack | train | generate | eval`: parse, load the config, call the library."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -60,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except DataError as e:
         return _fail(str(e))
 
+    from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
     from scalegan.parallel.env import init_distributed, shutdown
     from scalegan.train.checkpoint import ResumeError
     from scalegan.train.preemption import EXIT_REQUEUE
@@ -67,7 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     env = init_distributed()
     try:
-        trainer = Trainer(cfg, env)
+        try:
+            trainer = Trainer(cfg, env)
+        except (MissingWeightsError, WeightsLoadError) as e:
+            return _fail(str(e))
         if env.is_main:
             print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
                   f"{trainer.strategy.name}", file=sys.stderr)
@@ -116,6 +121,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from scalegan.config import ConfigError, EvalConfig, config_from_dict
+    from scalegan.data.pipeline import DataError
+    from scalegan.metrics.evaluate import evaluate, extractor_for
+    from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
+    from scalegan.parallel.env import init_distributed, shutdown
+    from scalegan.train.checkpoint import read_meta, resolve_checkpoint
+    from scalegan.train.schedule import Phase
+
+    try:
+        path = resolve_checkpoint(args.checkpoint)
+        meta = read_meta(path)
+        cfg = config_from_dict(meta["config"])
+        options = {"metrics": args.metrics, "real": args.real, "num_fake": args.num_fake,
+                   "num_real": args.num_real, "extractor": args.extractor,
+                   "weights": args.weights, "batch_size": args.batch, "seed": args.seed}
+        ec = dataclasses.replace(cfg.eval, **{k: v for k, v in options.items() if v is not None})
+        ec = EvalConfig(**dataclasses.asdict(ec))  # validates
+    except (FileNotFoundError, ConfigError) as e:
+        return _fail(str(e))
+    if not ec.real and not cfg.data.shards:
+        return _fail("--real is required: the checkpoint's config has no data.shards")
+
+    from scalegan.generate import load_generator
+
+    env = init_distributed()
+    try:
+        extractor = extractor_for(ec, env.device)
+        G, _ = load_generator(path)
+        G.to(env.device)
+        phase = Phase(meta["phase"]["resolution"], meta["phase"]["alpha"])
+        results, _ = evaluate(G, cfg, phase, env, extractor, ec=ec)
+    except (MissingWeightsError, WeightsLoadError, DataError, ValueError) as e:
+        return _fail(str(e))
+    finally:
+        shutdown(env)
+    if not env.is_main:
+        return 0
+    print(f"{path} at {phase.resolution}x{phase.resolution}: {int(results['num_fake'])} "
+          f"generated vs {int(results['num_real'])} real images, {ec.extractor} features")
+    for key, value in results.items():
+        if not key.startswith(("num_", "real_")):
+            print(f"{key:10s} {value:.6g}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": str(path), **results}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scalegan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", choices=("final", "all"), default="final",
                    help="StackGAN: the last stage only, or every stage side by side")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="FID / KID / precision-recall of a checkpoint's G_ema")
+    p.add_argument("checkpoint", help="checkpoint dir, its 'latest' link, or a run directory")
+    p.add_argument("--real", default=None, help="real shards (default: the run's data.shards)")
+    p.add_argument("--metrics", default=None, help="comma-separated: fid,kid,pr (default fid)")
+    p.add_argument("--num-fake", type=int, default=None, help="generated images (10000)")
+    p.add_argument("--num-real", type=int, default=None, help="real images (0: all)")
+    p.add_argument("--extractor", choices=("inception", "random"), default=None,
+                   help="inception (the FID network, a local file) or random (quick, "
+                        "comparable only with itself)")
+    p.add_argument("--weights", default=None,
+                   help="Inception weights file (default: $SCALEGAN_INCEPTION_WEIGHTS, then "
+                        "~/.cache/scalegan/inception-2015-12-05.pt)")
+    p.add_argument("--batch", type=int, default=None, help="images per call on each rank (64)")
+    p.add_argument("--seed", type=int, default=None, help="latents and KID subsets (0)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -311,6 +311,59 @@ class LogConfig:
                "auto | online | offline | disabled")
 
 
+METRICS = ("fid", "kid", "pr")
+
+
+@dataclass
+class EvalConfig:
+    every_kimg: float = 0.0
+    """Evaluate G_ema every this many thousand images during training (0: only with
+    `scalegan eval`). Results go to metrics.jsonl and W&B; the best checkpoint is kept."""
+    metrics: str = "fid"
+    """Comma-separated metrics: fid, kid, pr (precision/recall). The first one ranks checkpoints."""
+    real: str = ""
+    """Shards of the real images (as data.shards); empty: data.shards."""
+    num_real: int = 0
+    """Real images used (the first ones in shard order; 0: all of them)."""
+    num_fake: int = 10000
+    """Generated images (50000 for FID50k as published)."""
+    extractor: Literal["inception", "random"] = "inception"
+    """inception: the FID Inception-v3 file inception-2015-12-05.pt (local only: eval.weights or
+    SCALEGAN_INCEPTION_WEIGHTS or ~/.cache/scalegan/); random: a fixed random conv net, quick and
+    comparable only with itself."""
+    weights: str = ""
+    """Path of the Inception weights file (empty: SCALEGAN_INCEPTION_WEIGHTS, then the cache)."""
+    batch_size: int = 64
+    """Images per extractor / generator call on each rank."""
+    kid_subsets: int = 100
+    """KID: number of random subsets the unbiased MMD is averaged over."""
+    kid_subset_size: int = 1000
+    """KID: images per subset (at most the smaller set's size)."""
+    pr_k: int = 3
+    """Precision/recall: the k of the k-nearest-neighbour radii."""
+    pr_samples: int = 10000
+    """Precision/recall: at most this many real and fake images (the k-NN is quadratic)."""
+    seed: int = 0
+    """Seeds the generated images' latents and KID's subsets."""
+
+    def __post_init__(self) -> None:
+        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        _check(bool(names) and all(m in METRICS for m in names), "eval.metrics", self.metrics,
+               "a comma-separated list of fid, kid, pr")
+        _check(self.every_kimg >= 0, "eval.every_kimg", self.every_kimg, ">= 0")
+        _check(self.num_real >= 0, "eval.num_real", self.num_real, ">= 0")
+        _check(self.num_fake >= 2, "eval.num_fake", self.num_fake, ">= 2")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        _check(self.kid_subsets >= 1, "eval.kid_subsets", self.kid_subsets, ">= 1")
+        _check(self.kid_subset_size >= 2, "eval.kid_subset_size", self.kid_subset_size, ">= 2")
+        _check(self.pr_k >= 1, "eval.pr_k", self.pr_k, ">= 1")
+        _check(self.pr_samples >= 2, "eval.pr_samples", self.pr_samples, ">= 2")
+
+    @property
+    def metric_list(self) -> list[str]:
+        return [m.strip() for m in self.metrics.split(",") if m.strip()]
+
+
 @dataclass
 class Config:
     name: str = "run"
@@ -325,6 +378,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name,

@@ -7,6 +7,8 @@ Layout of ``<run>/checkpoints``::
         meta.json            images seen, step, resolved config (written by rank 0)
         rank_00000.json      per-rank state: RNG, data position
     latest -> step_000001200 symlink, replaced atomically
+    best -> step_000000800   with periodic evaluation: the best-scoring checkpoint, kept by
+    best.json                pruning whatever its age, and its scores
 
 A checkpoint is written into ``.tmp-step_...`` and renamed into place only when every rank has
 finished, so a crash or a signal mid-write leaves the previous checkpoint as the newest complete
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 META = "meta.json"
+BEST = "best.json"
 
 
 class ResumeError(ValueError):
@@ -200,9 +203,32 @@ class CheckpointManager:
         os.symlink(target.name, tmp_link)
         os.replace(tmp_link, link)
 
+    def best(self) -> dict | None:
+        """What ``mark_best`` recorded (with ``"path"``), if the checkpoint is still there."""
+        record = self.directory / BEST
+        if not record.is_file():
+            return None
+        info = json.loads(record.read_text())
+        return info if is_complete(self.directory / info["checkpoint"]) else None
+
+    def mark_best(self, path: Path, info: dict) -> None:
+        """Rank 0: record ``path`` as the best checkpoint (``best`` link and best.json); pruning
+        keeps it whatever its age."""
+        if _rank() != 0:
+            return
+        _write_json(self.directory / BEST, {"checkpoint": path.name, **info})
+        link, tmp_link = self.directory / "best", self.directory / ".best.tmp"
+        if tmp_link.is_symlink() or tmp_link.exists():
+            tmp_link.unlink()
+        os.symlink(path.name, tmp_link)
+        os.replace(tmp_link, link)
+        self._prune()
+
     def _prune(self) -> None:
+        best = self.best()
         for old in list_checkpoints(self.directory)[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if best is None or old.name != best["checkpoint"]:
+                shutil.rmtree(old, ignore_errors=True)
         for stale in self.directory.glob(".tmp-step_*"):
             shutil.rmtree(stale, ignore_errors=True)
 

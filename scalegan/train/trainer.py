@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from scalegan.config import Config, config_to_dict, save_config
 from scalegan.data.pipeline import DataError, ImageStream, expand_shards
+from scalegan.metrics.evaluate import LOWER_IS_BETTER, RealSet, evaluate, extractor_for, headline
 from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
@@ -125,6 +126,10 @@ class Trainer:
         self.logger: Logger | None = None
         self.last_sample_step = -1
         self.last_saved_step = -1
+        self.extractor = None  # built first, so a missing Inception file stops the run at once
+        if cfg.eval.every_kimg > 0:
+            self.extractor = extractor_for(cfg.eval, self.device)
+        self.real_set: RealSet | None = None
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -369,6 +374,8 @@ class Trainer:
                         self.sample()
                     if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
                         self.save()
+                    if cfg.eval.every_kimg > 0 and self._crossed(prev_seen, cfg.eval.every_kimg):
+                        self.evaluate()
                     if stop.agreed(self.device):  # a collective: every rank stops after this step
                         break
                 preempted = stop.agreed(self.device)
@@ -459,6 +466,29 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_image(self.step, "samples", path)
         return path
+
+    def evaluate(self) -> dict[str, float]:
+        """G_ema's metrics (``eval``) now: logged as ``eval/*``; a checkpoint that scores best so
+        far is written (if this step has none yet) and kept as ``checkpoints/best``."""
+        ec = self.cfg.eval
+        results, self.real_set = evaluate(self.G_ema, self.cfg, self.phase(), self.env,
+                                          self.extractor, self.real_set)
+        scalars = {f"eval/{k}": v for k, v in results.items()}
+        self.logger.log_scalars(self.step, {**scalars, "kimg": self.images_seen / 1000})
+        key = headline(ec)
+        value, best = results[key], self.ckpt.best()
+        better = best is None or best.get("metric") != key or (
+            value < best["value"] if LOWER_IS_BETTER[key] else value > best["value"])
+        if better:
+            path = self.save() if self.last_saved_step != self.step else self.ckpt.latest()
+            self.ckpt.mark_best(path, {"metric": key, "value": value, "step": self.step,
+                                       "kimg": self.images_seen / 1000, **results})
+        if self.is_main:
+            log.info("eval at %.1f kimg: %s%s", self.images_seen / 1000,
+                     ", ".join(f"{k} {v:.4g}" for k, v in results.items()
+                               if not k.startswith(("num_", "real_"))),
+                     " (best so far)" if better else "")
+        return results
 
     def save(self) -> Path:
         meta = {"step": self.step, "images_seen": self.images_seen,

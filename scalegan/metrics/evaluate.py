@@ -1,0 +1,232 @@
+"""Evaluating a generator against real images: FID / KID / precision-recall, spread over ranks.
+
+Real images stream from the shards once, each rank reading its share of them (shard ``i`` on rank
+``i % world``), decoded and box-filtered to the evaluated resolution exactly as the training data
+is. Generated images come from latents drawn for the whole set from ``seed`` and split into equal
+contiguous slices per rank (equal, so that a sharded G_ema runs the same collectives on every
+rank). Every rank's features are gathered and put back in global order (real: shard, then
+position in the shard; generated: latent index), so the numbers do not depend on the number of
+ranks. The metrics are computed on rank 0 and broadcast.
+
+Conditional models generate image ``i`` with the condition of real image ``i mod N_real``, so the
+generated set has the real set's class (or attribute) distribution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch import nn
+
+from scalegan.config import Config, EvalConfig
+from scalegan.data.pipeline import DataError, decode_image, expand_shards, read_label
+from scalegan.metrics.features import FeatureExtractor, build_extractor
+from scalegan.metrics.fid import fid_from_features
+from scalegan.metrics.kid import kid_from_features
+from scalegan.metrics.pr import precision_recall
+from scalegan.parallel.env import DistEnv
+from scalegan.train.objectives import build_objective
+from scalegan.train.schedule import Phase
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False}
+"""How each headline value ranks checkpoints (``pr`` ranks by precision)."""
+
+
+@dataclass
+class RealSet:
+    """Features of the real images in global order, their labels, and what was skipped."""
+    features: np.ndarray
+    labels: torch.Tensor | None
+    skipped: int
+    resolution: int
+
+
+def extractor_for(ec: EvalConfig, device: torch.device) -> FeatureExtractor:
+    """The configured feature extractor (MissingWeightsError if the Inception file is absent)."""
+    return build_extractor(ec.extractor, ec.weights or None, device=device)
+
+
+# ------------------------------------------------------------------------------------ gathering
+
+
+def _gather_rows(rows: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Concatenate every rank's ``rows`` (any number of rows, same trailing shape), rank order."""
+    if not env.distributed:
+        return rows
+    device = env.device
+    count = torch.tensor([rows.shape[0]], device=device)
+    counts = [torch.zeros_like(count) for _ in range(env.world_size)]
+    dist.all_gather(counts, count)
+    counts = [int(c.item()) for c in counts]
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[:rows.shape[0]] = rows.to(device)
+    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).cpu()
+
+
+# ----------------------------------------------------------------------------------- real images
+
+
+def _shard_counts(spec: str, urls: list[str]) -> list[int] | None:
+    """Samples per shard from a pack's index.json, when ``spec`` is such a directory."""
+    index = Path(spec) / "index.json"
+    if "," in spec or not index.is_file():
+        return None
+    counts = {s["name"]: s["num_samples"] for s in json.loads(index.read_text())["shards"]
+              if "num_samples" in s}
+    named = [counts.get(Path(u).name) for u in urls]
+    return None if any(c is None for c in named) else named
+
+
+def real_features(spec: str, resolution: int, extractor: FeatureExtractor, env: DistEnv, *,
+                  num: int = 0, batch_size: int = 64, label_key: str | None = None,
+                  key: str = "eval.real") -> RealSet:
+    """Features of the first ``num`` real images of ``spec`` in shard order (0: all of them)."""
+    urls = expand_shards(spec, key=key)
+    counts = _shard_counts(spec, urls)
+    if num and counts is not None:  # only the shards holding the first num samples
+        ends = np.cumsum(counts)
+        urls = urls[:int(np.searchsorted(ends, num)) + 1]
+    offsets = [0, *np.cumsum(counts).tolist()] if counts is not None else None
+    features, order, labels, images = [], [], [], []
+    skipped = 0
+
+    def flush() -> None:
+        if images:
+            batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(env.device)
+            with torch.inference_mode():
+                features.append(extractor(batch.float().div(127.5).sub(1.0)).float().cpu())
+            images.clear()
+
+    for shard in range(env.rank, len(urls), env.world_size):
+        samples = wds.DataPipeline(wds.SimpleShardList([urls[shard]]),
+                                   wds.tarfile_to_samples(handler=wds.warn_and_continue))
+        for position, sample in enumerate(samples):
+            if num and offsets is not None and offsets[shard] + position >= num:
+                break
+            data = sample.get("png", sample.get("jpg", sample.get("jpeg", sample.get("webp"))))
+            try:
+                if data is None:
+                    raise ValueError("no image field")
+                image = decode_image(data, resolution)
+            except DataError:
+                raise
+            except Exception as exn:  # a corrupt sample is counted and skipped
+                skipped += 1
+                log.warning("eval: skipping corrupt sample %s in %s: %s", sample.get("__key__"),
+                            urls[shard], exn)
+                continue
+            images.append(image)
+            order.append((shard, position))
+            if label_key is not None:
+                labels.append(read_label(sample, label_key))
+            if len(images) == batch_size:
+                flush()
+    flush()
+    dim = extractor.feature_dim
+    feats = torch.cat(features) if features else torch.zeros(0, dim)
+    index = torch.tensor(order, dtype=torch.int64).reshape(-1, 2)
+    feats, index = _gather_rows(feats, env), _gather_rows(index, env)
+    perm = torch.from_numpy(np.lexsort((index[:, 1].numpy(), index[:, 0].numpy())))
+    keep = perm[:num] if num else perm
+    out_labels = None
+    if label_key is not None:
+        dtype = torch.int64 if label_key == "label" else torch.float32
+        mine = torch.tensor(labels, dtype=dtype)
+        if label_key == "label":
+            mine = mine.reshape(-1)
+        out_labels = _gather_rows(mine, env)[keep]
+    total_skipped = skipped
+    if env.distributed:
+        t = torch.tensor([skipped], device=env.device)
+        dist.all_reduce(t)
+        total_skipped = int(t.item())
+    if len(keep) < 2:
+        raise DataError(f"{key}={spec!r}: {len(keep)} real image(s) could be read; metrics "
+                        f"need at least 2")
+    return RealSet(feats[keep].numpy(), out_labels, total_skipped, resolution)
+
+
+# ------------------------------------------------------------------------------ generated images
+
+
+@torch.no_grad()
+def fake_features(G: nn.Module, cfg: Config, phase: Phase, extractor: FeatureExtractor,
+                  env: DistEnv, *, num: int, batch_size: int, seed: int,
+                  conditions: torch.Tensor | None = None) -> np.ndarray:
+    """Features of ``num`` images of ``G`` (the final stage for StackGAN) from latents of
+    ``seed``; image ``i`` gets ``conditions[i % len(conditions)]``."""
+    z_all = torch.randn(num, cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))
+    per_rank = math.ceil(num / env.world_size)
+    mine = torch.arange(env.rank * per_rank, (env.rank + 1) * per_rank) % num  # last: wraps
+    objective = build_objective(cfg, contextlib.nullcontext)
+    kw = {"stages": "final"} if cfg.model.arch == "stackgan" else {}
+    chunks = []
+    for idx in mine.split(batch_size):
+        cond = None
+        if conditions is not None:
+            cond = conditions[idx % len(conditions)].to(env.device)
+        images = objective.display(G, z_all[idx].to(env.device), cond, phase, **kw)
+        chunks.append(extractor(images.float()).float().cpu())
+    feats = _gather_rows(torch.cat(chunks), env)
+    return feats[:num].numpy()
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(real: np.ndarray, fake: np.ndarray, ec: EvalConfig) -> dict[str, float]:
+    """The metrics of ``ec.metrics`` from real and generated features."""
+    out: dict[str, float] = {}
+    for metric in ec.metric_list:
+        if metric == "fid":
+            out["fid"] = fid_from_features(real, fake)
+        elif metric == "kid":
+            kid = kid_from_features(real, fake, num_subsets=ec.kid_subsets,
+                                    subset_size=ec.kid_subset_size, seed=ec.seed)
+            out["kid"], out["kid_std"] = kid.mean, kid.std
+        elif metric == "pr":
+            pr = precision_recall(real[:ec.pr_samples], fake[:ec.pr_samples], k=ec.pr_k)
+            out["precision"], out["recall"] = pr.precision, pr.recall
+    return out
+
+
+def headline(ec: EvalConfig) -> str:
+    """The value that ranks checkpoints: the first metric's (precision for pr)."""
+    return {"fid": "fid", "kid": "kid", "pr": "precision"}[ec.metric_list[0]]
+
+
+def evaluate(G: nn.Module, cfg: Config, phase: Phase, env: DistEnv,
+             extractor: FeatureExtractor, real: RealSet | None = None,
+             ec: EvalConfig | None = None) -> tuple[dict[str, float], RealSet]:
+    """Metrics of ``G`` at ``phase`` against the real shards of ``ec`` (default: cfg.eval,
+    its ``real`` or else cfg.data.shards); returns them and the real features, for reuse while
+    the resolution stays the same. Every rank calls this; every rank gets the results."""
+    ec = ec or cfg.eval
+    label_key = {"none": None, "label": "label", "embedding": "attributes"}[cfg.model.condition]
+    if real is None or real.resolution != phase.resolution:
+        spec, key = (ec.real, "eval.real") if ec.real else (cfg.data.shards, "data.shards")
+        real = real_features(spec, phase.resolution, extractor, env, num=ec.num_real,
+                             batch_size=ec.batch_size, label_key=label_key, key=key)
+    fake = fake_features(G, cfg, phase, extractor, env, num=ec.num_fake,
+                         batch_size=ec.batch_size, seed=ec.seed, conditions=real.labels)
+    results = [None]
+    if env.is_main:
+        results[0] = {**compute_metrics(real.features, fake, ec),
+                      "num_real": float(len(real.features)), "num_fake": float(len(fake)),
+                      "real_skipped": float(real.skipped)}
+    if env.distributed:
+        dist.broadcast_object_list(results, src=0)
+    return results[0], real
