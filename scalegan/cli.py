@@ -41,7 +41,9 @@ def _describe_models(cfg) -> str:
 
     G, D = build_models(cfg.model)
     g, d = count_parameters(G), count_parameters(D)
-    return (f"model {cfg.model.arch} {cfg.model.resolution}x{cfg.model.resolution}: "
+    size = ("2-D points" if cfg.model.arch == "mlp"
+            else f"{cfg.model.resolution}x{cfg.model.resolution}")
+    return (f"model {cfg.model.arch} {size}: "
             f"G {g:,} parameters ({g / 1e6:.1f}M), D {d:,} parameters ({d / 1e6:.1f}M)")
 
 
@@ -57,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_describe_models(cfg))
         return 0
     try:
-        expand_shards(cfg.data.shards)
+        if cfg.data.source == "shards":
+            expand_shards(cfg.data.shards)
     except DataError as e:
         return _fail(str(e))
 

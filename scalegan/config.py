@@ -32,10 +32,11 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["progressive", "dcgan", "stackgan"] = "progressive"
+    arch: Literal["progressive", "dcgan", "stackgan", "mlp"] = "progressive"
     """progressive: PGGAN-style growing G/D (fade-in, equalized LR, pixel norm, minibatch stddev);
     dcgan: a fixed-resolution DCGAN pair; stackgan: StackGAN-v2, one image and one D per stage
-    (base_resolution, twice that, ... up to resolution), trained jointly."""
+    (base_resolution, twice that, ... up to resolution), trained jointly; mlp: a plain MLP pair
+    on 2-D points (data.source=points), the mode-coverage benchmarks' model."""
     resolution: int = 256
     """Final image side in pixels; a power of two from 8 to 1024."""
     img_channels: int = 3
@@ -81,6 +82,10 @@ class ModelConfig:
     """Length of the attribute/embedding vector for condition=embedding."""
     cond_dim: int = 128
     """Size of the condition vector G and D join to their features."""
+    mlp_hidden: int = 128
+    """MLP: units of each hidden layer of G and D."""
+    mlp_layers: int = 3
+    """MLP: hidden layers of G and of D."""
 
     @property
     def stages(self) -> int:
@@ -88,8 +93,10 @@ class ModelConfig:
         return (self.resolution // self.base_resolution).bit_length()
 
     def __post_init__(self) -> None:
-        _check(self.arch in ("progressive", "dcgan", "stackgan"), "model.arch", self.arch,
-               "progressive | dcgan | stackgan")
+        _check(self.arch in ("progressive", "dcgan", "stackgan", "mlp"), "model.arch", self.arch,
+               "progressive | dcgan | stackgan | mlp")
+        _check(self.mlp_hidden >= 1, "model.mlp_hidden", self.mlp_hidden, ">= 1")
+        _check(self.mlp_layers >= 1, "model.mlp_layers", self.mlp_layers, ">= 1")
         _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "model.resolution",
                self.resolution, "a power of two from 8 to 1024")
         _check(self.img_channels in (1, 3), "model.img_channels", self.img_channels, "1 or 3")
@@ -127,6 +134,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    source: Literal["shards", "points"] = "shards"
+    """shards: images from WebDataset shards (data.shards); points: 2-D points drawn from the
+    Gaussian mixture data.points (for model.arch=mlp)."""
+    points: Literal["ring8", "grid25"] = "grid25"
+    """The point mixture: ring8 (8 Gaussians on a circle) or grid25 (a 5x5 grid of Gaussians), in
+    the scale of the Unrolled-GAN / VEEGAN / PacGAN papers."""
     shards: str = ""
     """Training shards: a directory holding index.json (as written by `scalegan pack`), a brace
     pattern such as 'shards/{000000..000031}.tar', or a comma-separated list of tar paths."""
@@ -138,6 +151,8 @@ class DataConfig:
     """Mirror each image left-right with probability 1/2 (seeded)."""
 
     def __post_init__(self) -> None:
+        _check(self.source in ("shards", "points"), "data.source", self.source, "shards | points")
+        _check(self.points in ("ring8", "grid25"), "data.points", self.points, "ring8 | grid25")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
 
@@ -387,6 +402,11 @@ class Config:
             _check(self.train.schedule.start_resolution <= self.model.resolution,
                    "train.schedule.start_resolution", self.train.schedule.start_resolution,
                    f"<= model.resolution={self.model.resolution}")
+        _check((self.model.arch == "mlp") == (self.data.source == "points"), "data.source",
+               self.data.source, "points with model.arch=mlp (2-D samples), and only then")
+        _check(self.eval.every_kimg == 0 or self.model.arch != "mlp", "eval.every_kimg",
+               self.eval.every_kimg, "0 with model.arch=mlp (2-D runs log modes/covered "
+               "and modes/high_quality with each sample instead)")
         if self.model.arch == "stackgan":
             # StackGAN's joint loss is the logistic (non-saturating) one of every stage
             _check(self.loss.kind == "nonsaturating", "loss.kind", self.loss.kind,

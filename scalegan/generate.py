@@ -10,8 +10,10 @@ import torch.distributed.checkpoint as dcp
 from PIL import Image
 
 from scalegan.config import config_from_dict
+from scalegan.data.points import mixture
 from scalegan.models import build_models
 from scalegan.monitor.grid import save_grid, to_uint8
+from scalegan.monitor.scatter import save_scatter
 from scalegan.train.checkpoint import (
     ModelState,
     quiet_single_process,
@@ -87,6 +89,11 @@ def generate(checkpoint: str | Path, num: int = 64, out: str | Path = "grid.png"
         objective.display(G, zb, None if cond is None else cond[i:i + batch], phase, **kw)
         for i, zb in zip(range(0, num, batch), z.split(batch), strict=True)])
     out = Path(out)
+    if cfg.model.arch == "mlp":  # 2-D points: one scatter plot over the mixture's modes
+        if individual:
+            raise ValueError("--individual: a 2-D model's samples are drawn as one scatter plot")
+        centers, std = mixture(cfg.data.points)
+        return [save_scatter(images, out, centers=centers, radius=3 * std)]
     if not individual:
         return [save_grid(images, out)]
     out.mkdir(parents=True, exist_ok=True)

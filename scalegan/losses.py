@@ -64,10 +64,10 @@ def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real
                      fake: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     """WGAN-GP penalty (||dD(x_hat)/dx_hat|| - 1)^2 on interpolates, shape (N,).
 
-    ``discriminator`` maps images (N, C, H, W) to logits (N,); ``mix`` (N,) in [0, 1] are the
+    ``discriminator`` maps samples (N, ...) to logits (N,); ``mix`` (N,) in [0, 1] are the
     mixing weights x_hat = mix * real + (1 - mix) * fake, drawn by the caller (seeded).
     """
-    eps = mix.reshape(-1, 1, 1, 1).to(real.dtype)
+    eps = mix.reshape(-1, *[1] * (real.ndim - 1)).to(real.dtype)  # images or 2-D points
     mixed = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
     logits = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.float().sum(), mixed, create_graph=True)

@@ -6,6 +6,7 @@ from torch import nn
 
 from scalegan.config import ModelConfig
 from scalegan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from scalegan.models.mlp import MLPDiscriminator, MLPGenerator
 from scalegan.models.progressive import ProgressiveDiscriminator, ProgressiveGenerator
 from scalegan.models.stackgan import StackDiscriminator, StackGenerator
 
@@ -18,6 +19,8 @@ __all__ = [
     "DCGANDiscriminator",
     "StackGenerator",
     "StackDiscriminator",
+    "MLPGenerator",
+    "MLPDiscriminator",
 ]
 
 
@@ -27,7 +30,8 @@ def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     progressive, dcgan: both take ``(x, resolution, alpha=1.0)``: G maps ``(N, latent_dim)``
     latents to ``(N, img_channels, resolution, resolution)`` images, D maps such images to
     ``(N,)`` logits. stackgan: ``G(z, cond, eps)`` -> (one image per stage, mu, logvar) and
-    ``D(images, cond)`` -> (unconditional logits, conditional logits) per stage.
+    ``D(images, cond)`` -> (unconditional logits, conditional logits) per stage. mlp: as
+    progressive, on 2-D points ``(N, 2)`` instead of images.
     """
     if cfg.arch == "progressive":
         return ProgressiveGenerator(cfg), ProgressiveDiscriminator(cfg)
@@ -41,7 +45,14 @@ def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
         D = StackDiscriminator(num_stages=cfg.stages, img_channels=cfg.img_channels,
                                df_dim=cfg.df_dim, **cond)
         return G, D
-    raise ValueError(f"unknown model.arch {cfg.arch!r}: expected progressive | dcgan | stackgan")
+    if cfg.arch == "mlp":
+        G = MLPGenerator(cfg.latent_dim, out_dim=2, hidden=cfg.mlp_hidden, layers=cfg.mlp_layers)
+        D = MLPDiscriminator(in_dim=2, hidden=cfg.mlp_hidden, layers=cfg.mlp_layers,
+                             mbdisc_kernels=cfg.mbdisc_kernels, mbdisc_dim=cfg.mbdisc_dim,
+                             ops_impl=cfg.ops_impl)
+        return G, D
+    raise ValueError(f"unknown model.arch {cfg.arch!r}: expected progressive | dcgan | stackgan "
+                     f"| mlp")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
