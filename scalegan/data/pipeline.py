@@ -110,6 +110,23 @@ def decode_image(png: bytes, resolution: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def decode_sample(sample: dict, resolution: int) -> np.ndarray | None:
+    """A tar sample's image (png/jpg/jpeg/webp) as ``decode_image`` gives it, or None, with a
+    warning, for a corrupt sample: the caller counts and skips it. A DataError (an image smaller
+    than the resolution) is a data set that does not fit the run and is raised."""
+    data = sample.get("png", sample.get("jpg", sample.get("jpeg", sample.get("webp"))))
+    try:
+        if data is None:
+            raise ValueError(f"no image field (has {sorted(k for k in sample if k[0] != '_')})")
+        return decode_image(data, resolution)
+    except DataError:
+        raise
+    except Exception as exn:  # a corrupt sample is counted and skipped, never fatal
+        log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
+                    sample.get("__url__"), exn)
+        return None
+
+
 # ------------------------------------------------------------------------------ one role's stream
 
 
@@ -202,18 +219,9 @@ class _RoleStream(IterableDataset):
             pos.epoch, pos.index = pos.epoch + 1, 0
 
     def _decode(self, sample: dict, pos: RolePosition) -> np.ndarray | None:
-        data = sample.get("png", sample.get("jpg", sample.get("jpeg", sample.get("webp"))))
-        try:
-            if data is None:
-                raise ValueError(f"no image field (has {sorted(k for k in sample if k[0] != '_')})")
-            return decode_image(data, self.resolution)
-        except DataError:
-            raise
-        except Exception as exn:  # a corrupt sample is counted and skipped, never fatal
-            pos.skipped += 1
-            log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
-                        sample.get("__url__"), exn)
-            return None
+        image = decode_sample(sample, self.resolution)
+        pos.skipped += image is None
+        return image
 
     def _batch(self, images: list[np.ndarray], keys: list[str], labels: list, role: int,
                pos: RolePosition) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import webdataset as wds
 from torch import nn
 
 from scalegan.config import Config, EvalConfig
-from scalegan.data.pipeline import DataError, decode_image, expand_shards, read_label
+from scalegan.data.pipeline import DataError, decode_sample, expand_shards, read_label
 from scalegan.metrics.features import FeatureExtractor, build_extractor
 from scalegan.metrics.fid import fid_from_features
 from scalegan.metrics.kid import kid_from_features
@@ -36,8 +35,6 @@ from scalegan.metrics.pr import precision_recall
 from scalegan.parallel.env import DistEnv
 from scalegan.train.objectives import build_objective
 from scalegan.train.schedule import Phase
-
-log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False}
 """How each headline value ranks checkpoints (``pr`` ranks by precision)."""
@@ -116,17 +113,9 @@ def real_features(spec: str, resolution: int, extractor: FeatureExtractor, env: 
         for position, sample in enumerate(samples):
             if num and offsets is not None and offsets[shard] + position >= num:
                 break
-            data = sample.get("png", sample.get("jpg", sample.get("jpeg", sample.get("webp"))))
-            try:
-                if data is None:
-                    raise ValueError("no image field")
-                image = decode_image(data, resolution)
-            except DataError:
-                raise
-            except Exception as exn:  # a corrupt sample is counted and skipped
+            image = decode_sample(sample, resolution)
+            if image is None:  # corrupt: counted and skipped
                 skipped += 1
-                log.warning("eval: skipping corrupt sample %s in %s: %s", sample.get("__key__"),
-                            urls[shard], exn)
                 continue
             images.append(image)
             order.append((shard, position))
