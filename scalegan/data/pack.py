@@ -3,12 +3,23 @@
 Layout written to OUT::
 
     OUT/000000.tar, OUT/000001.tar, ...   each holding up to ``shard_size`` samples
-    OUT/index.json                        {"num_samples", "resolution", "shards", "skipped", "fit"}
+    OUT/index.json                        {"num_samples", "resolution", "shards", "skipped",
+                                           "fit", "channels", "labels"[, "attribute_dim"]
+                                           [, "classes"]}
 
 Each sample has ``__key__`` = ``%08d`` of its global index, ``png`` = PNG bytes of a
 ``resolution x resolution`` RGB uint8 image and ``json`` = ``{"source": <relative path or name>}``,
-plus, when packing with labels, ``"label": <class id>`` or ``"attributes": [numbers]``
-(index.json then lists the class names under ``"classes"``).
+plus, when packing with labels, ``"label": <class id>`` or ``"attributes": [numbers]``.
+In index.json, ``"channels"`` is always 3 (RGB) and ``"labels"`` says what every sample's JSON
+carries: ``"label"``, ``"attributes"`` (all vectors of length ``"attribute_dim"``) or ``null``;
+``"classes"`` lists the class names when the classes come from folders (``--labels dirs``).
+``"shards"`` holds ``{"name", "count", "sha256"}`` per shard and ``"skipped"``
+``{"path", "reason"}`` per unreadable file. A source path whose bytes are not valid UTF-8 is
+stored with those bytes escaped as ``\\xNN`` (also the key for it in a labels file).
+
+OUT holds nothing else: a pack is built in a directory beside OUT (``.OUT.packing-PID``) and
+swapped in for OUT only when complete (an atomic exchange on Linux), so an interrupted pack
+leaves the previous one untouched. A non-empty OUT holding other files is refused.
 
 The output is deterministic: packing the same input twice gives byte-identical shards (fixed tar
 mtime/owner, PNG encoded here with fixed options, files visited in sorted order).
@@ -16,11 +27,19 @@ mtime/owner, PNG encoded here with fixed options, files visited in sorted order)
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
+import stat
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +62,16 @@ FITS = ("crop", "pad")
 MIN_RESOLUTION, MAX_RESOLUTION = 4, 4096
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "%06d.tar"
-# Only files that this packer could have written are ever deleted from OUT.
-_SHARD_RE = re.compile(r"^\d{6}\.tar$")
-_TMP_RE = re.compile(r"^\.\d{6}\.tar\.tmp$|^\.index\.json\.tmp$")
+CHANNELS = 3  # every pack stores RGB
+# The only entries an existing OUT may hold (it is replaced as a whole): shards and index.json,
+# plus the temp files that versions building in place left behind when interrupted.
+_SHARD_RE = re.compile(r"^[0-9]{6,}\.tar$")
+_LEGACY_TMP_RE = re.compile(r"^\.[0-9]{6,}\.tar\.tmp$|^\.index\.json\.tmp$")
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# errno of renameat2 where the exchange is unsupported (no syscall, or not on this filesystem).
+_NO_EXCHANGE = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP})
 
 # Fixed tar metadata so that shards are byte-identical across runs and machines.
 _TAR_OPTIONS = dict(user="scalegan", group="scalegan", mtime=0, compress=False, encoder=False)
@@ -208,7 +234,11 @@ def to_square_rgb(img: Image.Image, resolution: int, fit: str = "crop") -> Image
 
 
 def _find_images(src: Path) -> list[str]:
-    """Relative POSIX paths of image files under ``src``, sorted (so packing is deterministic)."""
+    """Relative POSIX paths of image files under ``src``, sorted (so packing is deterministic).
+
+    Names that are not valid UTF-8 come back with surrogate escapes (as os.walk returns them),
+    so they still open the real file; :func:`_printable_name` gives the name to store.
+    """
     found = []
     for dirpath, _dirnames, filenames in os.walk(src):
         for name in filenames:
@@ -228,14 +258,28 @@ def _load_image(path: Path, resolution: int) -> Image.Image:
         return img.copy()
 
 
-def _folder_samples(src: Path, rel_paths: list[str], resolution: int, fit: str) -> Iterator[tuple]:
-    for rel in rel_paths:
+def _printable_name(name: str) -> str:
+    """``name`` with the bytes that are not valid UTF-8 (surrogate escapes) written as ``\\xNN``.
+
+    Valid names come back unchanged; the result can always be encoded as UTF-8.
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (Windows names)
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _folder_samples(src: Path, rel_paths: list[str], names: list[str], resolution: int,
+                    fit: str) -> Iterator[tuple]:
+    """Read ``src / rel`` for each relative path; yield it under its printable ``names`` entry."""
+    for rel, name in zip(rel_paths, names, strict=True):
         try:
             img = to_square_rgb(_load_image(src / rel, resolution), resolution, fit)
         except Exception as exc:  # noqa: BLE001 - untrusted files make PIL raise nearly anything
-            yield rel, None, _reason(exc)
+            yield name, None, _reason(exc)
         else:
-            yield rel, img, None
+            yield name, img, None
 
 
 def _reason(exc: BaseException) -> str:
@@ -304,14 +348,14 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 class _ShardSink:
-    """Writes samples into OUT/NNNNNN.tar shards, each made atomic via temp file + os.replace.
+    """Writes samples into NNNNNN.tar shards in ``directory`` (the private build directory).
 
-    Nothing in OUT is touched until the first sample arrives, so a run that fails before
-    producing any sample leaves a previous pack intact.
+    ``out`` is only used to name the shards in verbose messages.
     """
 
-    def __init__(self, out: Path, shard_size: int, verbose: bool):
-        self.out, self.shard_size, self.verbose = out, shard_size, verbose
+    def __init__(self, directory: Path, out: Path, shard_size: int, verbose: bool):
+        self.directory, self.out = directory, out
+        self.shard_size, self.verbose = shard_size, verbose
         self.shards: list[dict] = []
         self.total = 0
         self._writer = None
@@ -323,10 +367,8 @@ class _ShardSink:
         import webdataset as wds  # heavy import, only needed when writing
 
         if self._writer is None:
-            if not self.shards:
-                self._start_run()
             name = SHARD_PATTERN % len(self.shards)
-            self._file = open(self.out / f".{name}.tmp", "wb")
+            self._file = open(self.directory / name, "wb")
             self._hasher = _HashingFile(self._file)
             self._writer = wds.TarWriter(self._hasher, **_TAR_OPTIONS)
             self._count = 0
@@ -347,18 +389,14 @@ class _ShardSink:
             self._finish_shard()
 
     def abort(self) -> None:
-        """Drop a half-written shard (its temp file) after an error."""
+        """Close a half-written shard after an error (the build directory is removed anyway)."""
         if self._writer is not None:
             self._hasher.fileobj = io.BytesIO()  # let tarfile write its end blocks nowhere
-            self._writer.close()
-            self._file.close()
-            os.unlink(self._file.name)
-            self._writer = self._file = self._hasher = None
-
-    def _start_run(self) -> None:
-        # An old index would describe shards we are about to overwrite, so remove it first.
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / INDEX_NAME).unlink(missing_ok=True)
+            try:
+                self._writer.close()
+            finally:
+                self._file.close()
+                self._writer = self._file = self._hasher = None
 
     def _finish_shard(self) -> None:
         self._writer.close()
@@ -366,7 +404,6 @@ class _ShardSink:
         os.fsync(self._file.fileno())
         self._file.close()
         name = SHARD_PATTERN % len(self.shards)
-        os.replace(self._file.name, self.out / name)
         sha256 = self._hasher.sha256.hexdigest()
         self.shards.append({"name": name, "count": self._count, "sha256": sha256})
         if self.verbose:
@@ -374,40 +411,220 @@ class _ShardSink:
         self._writer = self._file = self._hasher = None
 
 
-def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Delete shard-named tars (NNNNNN.tar) not written by this run, and our leftover temp files."""
-    for entry in os.scandir(out):
-        if not entry.is_file():
-            continue
-        if (_SHARD_RE.match(entry.name) and entry.name not in keep) or _TMP_RE.match(entry.name):
-            os.unlink(entry.path)
-
-
-def _write_index(out: Path, index: dict) -> None:
-    tmp = out / f".{INDEX_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+def _write_index(directory: Path, index: dict) -> None:
+    with open(directory / INDEX_NAME, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, ensure_ascii=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, out / INDEX_NAME)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` durable (renames and new files in it)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # a few filesystems cannot fsync a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+# --- The output directory: checked up front, built beside OUT, swapped in at the end --------
+
+
+def _is_ours(entry: os.DirEntry) -> bool:
+    """True for the regular files that this packer (or an interrupted older version) writes."""
+    return entry.is_file(follow_symlinks=False) and (
+        entry.name == INDEX_NAME or bool(_SHARD_RE.match(entry.name))
+        or bool(_LEGACY_TMP_RE.match(entry.name)))
+
+
+def _check_only_ours(out: Path) -> None:
+    """Raise PackError if directory ``out`` holds anything a pack did not write.
+
+    The whole of OUT is replaced by the new pack, so anything else in it would be deleted.
+    """
+    with os.scandir(out) as entries:
+        foreign = sorted(e.name for e in entries if not _is_ours(e))
+    if foreign:
+        more = f" (and {_plural(len(foreign) - 1, 'other entry')})" if len(foreign) > 1 else ""
+        raise PackError(
+            f"output directory {out} holds {_printable_name(foreign[0])!r}{more}, which "
+            f"scalegan pack did not write; OUT must be a directory written by scalegan pack "
+            f"(only {INDEX_NAME} and NNNNNN.tar) or empty, because packing replaces all of it"
+        )
+
+
+def _temp_dir_re(out: Path) -> re.Pattern:
+    """Names of the build directories of packs into ``out``: ``.OUT.packing-PID[.old]``."""
+    return re.compile(rf"^\.{re.escape(out.name)}\.packing-([0-9]+)(?:\.old)?$")
+
+
+def _temp_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.packing-{os.getpid()}"
+
+
+# Build directories in use by packs running in this process (another thread may be packing).
+_ACTIVE: set[Path] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; True when that cannot be told (never delete then)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix" or pid <= 0:
+        return True  # on Windows os.kill(pid, 0) would terminate the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to another user
+        return True
+    return True
+
+
+def _remove_dead_temp_dirs(out: Path) -> None:
+    """Delete build directories beside ``out`` left by packs whose process is gone."""
+    pattern = _temp_dir_re(out)
+    try:
+        entries = list(os.scandir(out.parent))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid, path = int(match.group(1)), Path(entry.path)
+        if pid == os.getpid():
+            with _ACTIVE_LOCK:
+                stale = path.with_name(path.name.removesuffix(".old")) not in _ACTIVE
+        else:
+            stale = not _pid_alive(pid)
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prepare_out(out: str | os.PathLike) -> Path:
+    """Check OUT before any image is read, and clear away dead packs' build directories."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PackError(f"output path exists and is not a directory: {out}")
+    if out.is_dir():
+        _check_only_ours(out)
+    _remove_dead_temp_dirs(_real_out(out))
     return out
+
+
+def _real_out(out: Path) -> Path:
+    """OUT with symlinks resolved: the directory entry that is actually replaced."""
+    return Path(os.path.realpath(out))
+
+
+@functools.cache
+def _renameat2():
+    """libc's renameat2, or None where there is none (not Linux, or an old C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap the directory entries ``a`` and ``b`` (Linux renameat2 RENAME_EXCHANGE).
+
+    Raises OSError with errno ENOSYS where renameat2 is missing, EINVAL where the filesystem
+    does not support the exchange.
+    """
+    fn = _renameat2()
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(a), None, str(b))
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap_in(new: Path, out: Path) -> Path | None:
+    """Put the finished pack ``new`` in place of ``out``; return where the old pack now is.
+
+    OUT missing: a plain rename. OUT present: one atomic exchange, so OUT always holds either
+    the old or the new pack; where the exchange is unsupported, two renames (OUT is briefly
+    missing between them).
+    """
+    if not os.path.lexists(out):
+        try:
+            os.rename(new, out)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise  # else OUT appeared meanwhile: swap with it below
+        else:
+            _fsync_dir(out.parent)
+            return None
+    try:
+        _exchange(new, out)
+    except OSError as exc:
+        if exc.errno not in _NO_EXCHANGE:
+            raise
+    else:
+        _fsync_dir(out.parent)
+        return new
+    old = new.with_name(new.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # a leftover of this pid that is not in use
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    _fsync_dir(out.parent)
+    return old
 
 
 def _pack(
     samples: Iterator[tuple], out: Path, resolution: int, shard_size: int, fit: str, verbose: bool,
     what: str, labels: dict[str, dict] | None = None, classes: list[str] | None = None,
+    label_kind: str | None = None, attribute_dim: int | None = None,
 ) -> PackSummary:
-    """Drain ``samples`` into shards, then write index.json last. ``what`` names the source;
-    ``labels`` maps a source to the fields added to its sample's JSON."""
-    sink = _ShardSink(out, shard_size, verbose)
+    """Drain ``samples`` into shards and index.json in a build directory beside ``out``, then
+    swap it in for ``out``. ``what`` names the source; ``labels`` maps a source to the fields
+    added to its sample's JSON, ``label_kind``/``attribute_dim`` describe them for index.json.
+
+    On any error the build directory is removed and ``out`` is left as it was.
+    """
+    real_out = _real_out(out)
+    build = _temp_dir(real_out)
+    with _ACTIVE_LOCK:
+        if build in _ACTIVE:
+            raise PackError(f"another pack into {out} is already running in this process")
+        _ACTIVE.add(build)
+    try:
+        return _pack_into(samples, out, real_out, build, resolution, shard_size, fit, verbose,
+                          what, labels, classes, label_kind, attribute_dim)
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(build)
+
+
+def _pack_into(
+    samples: Iterator[tuple], out: Path, real_out: Path, build: Path, resolution: int,
+    shard_size: int, fit: str, verbose: bool, what: str, labels: dict[str, dict] | None,
+    classes: list[str] | None, label_kind: str | None, attribute_dim: int | None,
+) -> PackSummary:
+    real_out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(build, ignore_errors=True)  # a leftover of this pid that is not in use
+    build.mkdir()
+    sink = _ShardSink(build, out, shard_size, verbose)
     skipped: list[dict] = []
+    old = None
     try:
         for source, img, reason in samples:
             if img is None:
@@ -417,24 +634,37 @@ def _pack(
             else:
                 sink.write(source, img, labels.get(source) if labels else None)
         sink.close()
+        if sink.total == 0:
+            detail = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+            raise PackError(f"no readable images in {what} ({len(skipped)} skipped: {detail})")
+        index = {
+            "num_samples": sink.total,
+            "resolution": resolution,
+            "shards": sink.shards,
+            "skipped": skipped,
+            "fit": fit,
+            "channels": CHANNELS,
+            "labels": label_kind,
+        }
+        if attribute_dim is not None:
+            index["attribute_dim"] = attribute_dim
+        if classes is not None:
+            index["classes"] = classes
+        _write_index(build, index)
+        _fsync_dir(build)
+        if real_out.is_dir():
+            _check_only_ours(real_out)  # again: something may have been put there meanwhile
+            with contextlib.suppress(OSError):  # keep OUT's permissions
+                os.chmod(build, stat.S_IMODE(os.stat(real_out).st_mode))
+        old = _swap_in(build, real_out)
     except BaseException:
         sink.abort()
+        shutil.rmtree(build, ignore_errors=True)
         raise
-    if sink.total == 0:
-        detail = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
-        raise PackError(f"no readable images in {what} ({len(skipped)} skipped: {detail})")
-    _remove_stale(out, {s["name"] for s in sink.shards})
-    index = {
-        "num_samples": sink.total,
-        "resolution": resolution,
-        "shards": sink.shards,
-        "skipped": skipped,
-        "fit": fit,
-    }
-    if classes is not None:
-        index["classes"] = classes
-    _write_index(out, index)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # a failure here leaves it to the next pack
     return PackSummary(sink.total, resolution, sink.shards, skipped, str(out))
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +687,12 @@ def pack_folder(
     Images become ``resolution x resolution`` RGB uint8 PNGs (see :func:`to_square_rgb`).
     Unreadable files are skipped and listed in ``PackSummary.skipped``. ``labels``: ``"dirs"``
     (class = the image's top-level folder under ``src``, ids in sorted name order), or a JSON
-    file mapping each image's relative path to a class id or a list of numbers (attributes).
+    file mapping each image's relative path to a class id, or each to a list of numbers
+    (attributes, all of one length). Bytes of a path that are not valid UTF-8 appear as
+    ``\\xNN`` in the stored source and in the labels file's keys.
+
+    ``out`` must not exist, be empty, or hold a previous pack (which is replaced only once the
+    new one is complete); anything else in it raises PackError before any image is read.
     """
     resolution = _check_resolution(resolution)
     fit = _check_fit(fit)
@@ -471,16 +706,20 @@ def pack_folder(
     if not rel_paths:
         exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
         raise PackError(f"no image files ({exts}) found under {src_path}")
-    label_fields, classes = _read_labels(labels, rel_paths) if labels else (None, None)
+    names = [_printable_name(rel) for rel in rel_paths]
+    label_fields, classes, kind, dim = (_read_labels(labels, names) if labels
+                                        else (None, None, None, None))
     out_path = _prepare_out(out)
-    samples = _folder_samples(src_path, rel_paths, resolution, fit)
+    samples = _folder_samples(src_path, rel_paths, names, resolution, fit)
     return _pack(samples, out_path, resolution, shard_size, fit, verbose, str(src_path),
-                 label_fields, classes)
+                 label_fields, classes, kind, dim)
 
 
 def _read_labels(labels: str | os.PathLike, rel_paths: list[str]
-                 ) -> tuple[dict[str, dict], list[str] | None]:
-    """Per image, the JSON fields of its label; the class names for ``"dirs"``."""
+                 ) -> tuple[dict[str, dict], list[str] | None, str, int | None]:
+    """Per image (by printable relative path), the JSON fields of its label; the class names
+    for ``"dirs"``; what the labels are (``"label"`` or ``"attributes"``); the attribute length.
+    """
     if str(labels) == "dirs":
         flat = [p for p in rel_paths if "/" not in p]
         if flat:
@@ -488,7 +727,7 @@ def _read_labels(labels: str | os.PathLike, rel_paths: list[str]
                             f"must be under SRC/<class>/)")
         classes = sorted({p.split("/", 1)[0] for p in rel_paths})
         ids = {name: i for i, name in enumerate(classes)}
-        return {p: {"label": ids[p.split("/", 1)[0]]} for p in rel_paths}, classes
+        return {p: {"label": ids[p.split("/", 1)[0]]} for p in rel_paths}, classes, "label", None
     path = Path(labels)
     try:
         table = json.loads(path.read_text())
@@ -496,20 +735,37 @@ def _read_labels(labels: str | os.PathLike, rel_paths: list[str]
         raise PackError(f"labels file {path}: {e}") from None
     if not isinstance(table, dict):
         raise PackError(f"labels file {path}: expected an object mapping image paths to labels")
-    fields = {}
+    fields: dict[str, dict] = {}
+    kind = first = dim = None
     for rel in rel_paths:
         if rel not in table:
             raise PackError(f"labels file {path} has no entry for image {rel!r}")
         value = table[rel]
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            fields[rel] = {"label": value}
+            fields[rel], this = {"label": value}, "label"
         elif (isinstance(value, list) and value
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            fields[rel] = {"attributes": [float(v) for v in value]}
+            fields[rel], this = {"attributes": [float(v) for v in value]}, "attributes"
         else:
             raise PackError(f"labels file {path}: {rel!r} -> {value!r} is neither a class id "
                             f"(int >= 0) nor a non-empty list of numbers")
-    return fields, None
+        if kind is None:
+            kind, first = this, rel
+            dim = len(value) if this == "attributes" else None
+        elif this != kind:
+            raise PackError(
+                f"labels file {path} mixes class ids and attribute lists: {first!r} has "
+                f"{_describe_label(table[first])}, {rel!r} has {_describe_label(value)} "
+                f"(use one kind for every image)")
+        elif this == "attributes" and len(value) != dim:
+            raise PackError(
+                f"labels file {path}: {rel!r} has {_plural(len(value), 'attribute')} but "
+                f"{first!r} has {dim} (every attribute list must have the same length)")
+    return fields, None, kind, dim
+
+
+def _describe_label(value: Any) -> str:
+    return f"a class id ({value!r})" if isinstance(value, int) else "an attribute list"
 
 
 def pack_arrays(

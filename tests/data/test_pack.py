@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import scalegan.data.pack as pack
 from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -47,6 +54,27 @@ def read_shards(out: Path) -> list[dict]:
     index = json.loads((out / "index.json").read_text())
     urls = [str(out / s["name"]) for s in index["shards"]]
     return list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: sha256 of each file, "dir" for each directory."""
+    return {
+        p.relative_to(root).as_posix(): (
+            "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def check_complete(out: Path, num_samples: int) -> dict:
+    """index.json matches the shards in ``out`` (names, counts, sha256); nothing else is there."""
+    index = json.loads((out / "index.json").read_text())
+    assert index["num_samples"] == num_samples
+    assert sum(s["count"] for s in index["shards"]) == num_samples
+    for shard in index["shards"]:
+        assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["index.json"] + [s["name"] for s in index["shards"]])
+    return index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,14 +339,11 @@ def test_rerun_with_fewer_samples_removes_stale_shards(tmp_path):
     make_tree(src)
     out = tmp_path / "out"
     pack_folder(src, out, 8, shard_size=2)  # 4 shards
-    (out / "keep.tar").write_bytes(b"x")  # not shard-named: must survive
-    (out / "12345.tar").write_bytes(b"x")
     summary = pack_folder(src, out, 8, shard_size=5)  # 2 shards
-    tars = sorted(p.name for p in out.glob("*.tar"))
-    assert tars == ["000000.tar", "000001.tar", "12345.tar", "keep.tar"]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "000001.tar", "index.json"]
     assert [s["count"] for s in summary.shards] == [5, 2]
     assert len(read_shards(out)) == 7
-    assert not list(out.glob(".*tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no build dir left
 
 
 def test_verbose_prints(tmp_path, capsys):
@@ -406,8 +431,8 @@ def test_pack_arrays_rejects_bad_arrays(tmp_path, bad, needle):
     out = tmp_path / "out"
     with pytest.raises(PackError, match=needle):
         pack_arrays([np.zeros((4, 4), np.uint8), bad], out, 4)
-    # The half-written first shard is dropped and no index claims a finished pack.
-    assert sorted(p.name for p in out.iterdir()) == []
+    # The half-written pack is dropped with its build directory; OUT never appeared.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_rerun_keeps_previous_pack(tmp_path):
@@ -472,17 +497,29 @@ def test_labels_from_class_folders(tmp_path):
 def test_labels_from_a_file_class_ids_and_attributes(tmp_path):
     src = _two_class_folder(tmp_path)
     table = tmp_path / "labels.json"
-    table.write_text(json.dumps({"cats/1.png": 4, "cats/2.png": [0.5, 1], "dogs/3.png": 0}))
-    pack_folder(src, tmp_path / "out", 8, labels=table)
-    metas = {s["json"]["source"]: s["json"] for s in read_shards(tmp_path / "out")}
-    assert metas["cats/1.png"]["label"] == 4 and metas["dogs/3.png"]["label"] == 0
+    table.write_text(json.dumps({"cats/1.png": 4, "cats/2.png": 2, "dogs/3.png": 0}))
+    pack_folder(src, tmp_path / "ids", 8, labels=table)
+    metas = {s["json"]["source"]: s["json"] for s in read_shards(tmp_path / "ids")}
+    assert [metas[k]["label"] for k in ("cats/1.png", "cats/2.png", "dogs/3.png")] == [4, 2, 0]
+    attributes = {"cats/1.png": [1, 0], "cats/2.png": [0.5, 1], "dogs/3.png": [0, 0]}
+    table.write_text(json.dumps(attributes))
+    pack_folder(src, tmp_path / "attrs", 8, labels=table)
+    metas = {s["json"]["source"]: s["json"] for s in read_shards(tmp_path / "attrs")}
     assert metas["cats/2.png"]["attributes"] == [0.5, 1.0]
+    assert metas["dogs/3.png"]["attributes"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("table, match", [
     ({"cats/1.png": 0, "cats/2.png": 0}, r"no entry for image 'dogs/3.png'"),
     ({"cats/1.png": 0, "cats/2.png": "tabby", "dogs/3.png": 1}, r"'cats/2.png' -> 'tabby'"),
     ({"cats/1.png": -1, "cats/2.png": 0, "dogs/3.png": 1}, r"'cats/1.png' -> -1"),
+    # one kind of label per pack, and one attribute length
+    ({"cats/1.png": 0, "cats/2.png": [1.0], "dogs/3.png": 1},
+     r"labels\.json mixes class ids and attribute lists: 'cats/1.png' .*, 'cats/2.png'"),
+    ({"cats/1.png": [1, 0], "cats/2.png": 3, "dogs/3.png": 1},
+     r"labels\.json mixes class ids and attribute lists: 'cats/1.png' .*, 'cats/2.png'"),
+    ({"cats/1.png": [1, 0], "cats/2.png": [1, 0], "dogs/3.png": [1, 0, 1]},
+     r"labels\.json: 'dogs/3.png' has 3 attributes but 'cats/1.png' has 2"),
 ])
 def test_bad_labels_file_names_the_image(tmp_path, table, match):
     src = _two_class_folder(tmp_path)
@@ -499,3 +536,288 @@ def test_labels_dirs_needs_class_folders(tmp_path):
     gradient_rgb(0).save(src / "a.png")
     with pytest.raises(PackError, match=r"a.png is not inside a class folder"):
         pack_folder(src, tmp_path / "out", 8, labels="dirs")
+
+
+# ---------------------------------------------------------------------------------------------
+# index.json: channels, labels, attribute_dim
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels, kind, dim", [
+    (None, None, None),
+    ("dirs", "label", None),
+    ({"cats/1.png": 1, "cats/2.png": 0, "dogs/3.png": 5}, "label", None),
+    ({"cats/1.png": [1, 0, 2], "cats/2.png": [0.5, 1, 0], "dogs/3.png": [0, 0, 0]},
+     "attributes", 3),
+])
+def test_index_says_channels_and_what_the_labels_are(tmp_path, labels, kind, dim):
+    src = _two_class_folder(tmp_path)
+    if isinstance(labels, dict):
+        (tmp_path / "labels.json").write_text(json.dumps(labels))
+        labels = tmp_path / "labels.json"
+    pack_folder(src, tmp_path / "out", 8, labels=labels)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["channels"] == 3
+    assert index["labels"] == kind  # null without labels
+    assert index.get("attribute_dim", "absent") == (dim if dim is not None else "absent")
+    assert ("classes" in index) == (labels == "dirs")
+    if kind is not None:
+        assert all(kind in s["json"] for s in read_shards(tmp_path / "out"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-packing into an existing OUT: built beside it, swapped in only when complete
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_repack_failing_midway_leaves_old_pack_byte_identical(tmp_path, monkeypatch, error):
+    src = tmp_path / "src"
+    make_tree(src)
+    out = tmp_path / "out"
+    pack_folder(src, out, 8, shard_size=2)  # 4 shards + index.json
+    before = hash_tree(out)
+    real_png, calls = pack._png_bytes, []
+
+    def failing_png(img):
+        calls.append(1)
+        if len(calls) > 3:  # two shards of 1 are finished, the third is half-written
+            raise error
+        return real_png(img)
+
+    monkeypatch.setattr(pack, "_png_bytes", failing_png)
+    with pytest.raises(type(error)):
+        pack_folder(src, out, 4, shard_size=1, fit="pad")
+    assert len(calls) == 4
+    assert hash_tree(out) == before
+    check_complete(out, 7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no build dir left
+
+
+def test_sigkill_midway_leaves_old_pack_and_next_pack_clears_the_leftover(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(src / f"{i:03d}.png")
+    out = tmp_path / "out"
+    pack_arrays([np.full((4, 4), v, np.uint8) for v in (0, 100, 200)], out, 4, shard_size=2)
+    before = hash_tree(out)
+    # Encoding is slowed down a little so the kill reliably lands in the middle of the pack.
+    script = (
+        "import sys, time\n"
+        "import scalegan.data.pack as pack\n"
+        "encode = pack._png_bytes\n"
+        "def slow(img):\n"
+        "    time.sleep(0.005)\n"
+        "    return encode(img)\n"
+        "pack._png_bytes = slow\n"
+        "pack.pack_folder(sys.argv[1], sys.argv[2], 8, shard_size=10)\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    build = tmp_path / f".out.packing-{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while not (build / "000001.tar").exists():  # i.e. shard 000000 is complete
+            if proc.poll() is not None:
+                pytest.fail(f"pack ended (rc {proc.returncode}) before it could be killed: "
+                            f"{proc.stderr.read().decode(errors='replace')}")
+            assert time.monotonic() < deadline, "no shard appeared in the build directory"
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert (build / "000000.tar").is_file()  # the killed pack left its build directory
+    assert hash_tree(out) == before
+    assert json.loads((out / "index.json").read_text())["num_samples"] == 3
+    assert [s["json"]["source"] for s in read_shards(out)] == ["0", "1", "2"]
+
+    summary = pack_folder(src, out, 8, shard_size=10)
+    assert not build.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert summary.num_samples == 300 and len(summary.shards) == 30
+    check_complete(out, 300)
+    assert len(read_shards(out)) == 300
+
+
+def test_dead_packers_build_dirs_are_removed_live_ones_kept(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead, live = int(done.stdout), os.getppid()  # the first has exited and been reaped
+    leftovers = [f".out.packing-{dead}", f".out.packing-{dead}.old", f".out.packing-{live}",
+                 f".other.packing-{dead}"]
+    for name in leftovers:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "000000.tar").write_bytes(b"partial")
+    pack_arrays([np.zeros((4, 4), np.uint8)], tmp_path / "out", 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out", f".out.packing-{live}", f".other.packing-{dead}"])
+    assert (tmp_path / f".out.packing-{live}" / "000000.tar").read_bytes() == b"partial"
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "keep.tar", "12345.tar", "sub/", "000009.tar/"])
+def test_foreign_entries_in_out_are_refused_before_reading(tmp_path, monkeypatch, foreign):
+    src = tmp_path / "src"
+    make_tree(src)
+    out = tmp_path / "out"
+    pack_folder(src, out, 4, shard_size=3)
+    name = foreign.rstrip("/")
+    if foreign.endswith("/"):
+        (out / name).mkdir()
+        (out / name / "mine.txt").write_text("keep me")
+    else:
+        (out / name).write_text("keep me")
+    before = hash_tree(out)
+    real_load, loads = pack._load_image, []
+    monkeypatch.setattr(pack, "_load_image", lambda *a: loads.append(a) or real_load(*a))
+    with pytest.raises(PackError, match=rf"{name}.*written by scalegan pack .*or empty"):
+        pack_folder(src, out, 8)
+    assert loads == []  # refused before any image was read
+    assert hash_tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def test_foreign_entries_refused_for_arrays_too(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("zz.txt", "photo.jpg", "index.json"):
+        (out / name).write_text("x")
+    consumed = []
+
+    def images():
+        for i in range(3):
+            consumed.append(i)
+            yield np.zeros((4, 4), np.uint8)
+
+    with pytest.raises(PackError, match=r"'photo\.jpg' \(and 1 other entry\)"):
+        pack_arrays(images(), out, 4)
+    assert consumed == []
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "photo.jpg", "zz.txt"]
+
+
+def test_empty_out_or_old_temp_files_are_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pack_arrays([np.zeros((4, 4), np.uint8)] * 3, out, 4)
+    check_complete(out, 3)
+    # temp files that packs building in place inside OUT left when interrupted are ours too
+    (out / ".000007.tar.tmp").write_bytes(b"x")
+    (out / ".index.json.tmp").write_bytes(b"x")
+    pack_arrays([np.zeros((4, 4), np.uint8)] * 2, out, 4)
+    check_complete(out, 2)
+
+
+def test_repack_keeps_out_permissions(tmp_path):
+    out = tmp_path / "out"
+    pack_arrays([np.zeros((4, 4), np.uint8)], out, 4)
+    out.chmod(0o750)
+    pack_arrays([np.zeros((4, 4), np.uint8)] * 2, out, 4)
+    assert out.stat().st_mode & 0o777 == 0o750
+
+
+def test_rename_exchange_swaps_and_repack_never_removes_out(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "y").write_text("from b")
+    try:
+        pack._exchange(a, b)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            pytest.skip(f"no renameat2 RENAME_EXCHANGE here: {exc}")
+        raise
+    assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
+
+    out = tmp_path / "out"
+    pack_arrays([np.zeros((4, 4), np.uint8)], out, 4)
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda *args: renames.append(args) or real_rename(*args))
+    pack_arrays([np.full((4, 4), 9, np.uint8)] * 2, out, 4)
+    assert renames == []  # one exchange: OUT was never missing
+    check_complete(out, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+
+
+@pytest.mark.parametrize("err", [errno.ENOSYS, errno.EINVAL])
+def test_repack_without_rename_exchange_falls_back_to_renames(tmp_path, monkeypatch, err):
+    out = tmp_path / "out"
+    pack_arrays([np.zeros((4, 4), np.uint8)] * 3, out, 4)
+
+    def unsupported(a, b):
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+    monkeypatch.setattr(pack, "_exchange", unsupported)
+    pack_arrays([np.full((4, 4), 200, np.uint8)] * 5, out, 4, shard_size=2)
+    check_complete(out, 5)
+    assert all((s["png"] == 200).all() for s in read_shards(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------------------------------------
+# File names that are not valid UTF-8
+# ---------------------------------------------------------------------------------------------
+
+needs_byte_names = pytest.mark.skipif(sys.platform != "linux",
+                                      reason="file names that are not UTF-8 need Linux")
+
+
+@needs_byte_names
+def test_non_utf8_file_name_is_packed_with_escaped_source(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    gradient_rgb(1).save(src / "good.png")
+    raw_src = os.fsencode(src)
+    png = io.BytesIO()
+    gradient_rgb(2).save(png, format="PNG")
+    with open(os.path.join(raw_src, b"bad\xff.png"), "wb") as f:
+        f.write(png.getvalue())
+    with open(os.path.join(raw_src, b"worse\xfe.png"), "wb") as f:
+        f.write(b"not a png")
+    out = tmp_path / "out"
+    pack_arrays([np.zeros((4, 4), np.uint8)], out, 4)
+    old_index = (out / "index.json").read_bytes()
+    seen = []
+    real_swap = pack._swap_in
+
+    def swap_spy(new, dest):  # what OUT holds right before the new pack goes in
+        seen.append((dest / "index.json").read_bytes())
+        return real_swap(new, dest)
+
+    monkeypatch.setattr(pack, "_swap_in", swap_spy)
+    table = tmp_path / "labels.json"
+    table.write_text(json.dumps({"bad\\xff.png": 1, "good.png": 0, "worse\\xfe.png": 2}))
+    summary = pack_folder(src, out, 8, labels=table, verbose=True)
+
+    assert seen == [old_index]
+    samples = read_shards(out)
+    assert [(s["json"]["source"], s["json"]["label"]) for s in samples] == [
+        ("bad\\xff.png", 1), ("good.png", 0)]
+    np.testing.assert_array_equal(samples[0]["png"], np.asarray(to_square_rgb(gradient_rgb(2), 8)))
+    assert [s["path"] for s in summary.skipped] == ["worse\\xfe.png"]
+    index = check_complete(out, 2)
+    assert [s["path"] for s in index["skipped"]] == ["worse\\xfe.png"]
+    assert "worse\\xfe.png" in summary.to_text()
+    assert "skipped worse\\xfe.png" in capsys.readouterr().out
+
+
+@needs_byte_names
+def test_non_utf8_class_folder_name_is_escaped(tmp_path):
+    src = tmp_path / "src"
+    (src / "dog").mkdir(parents=True)
+    gradient_rgb(1).save(src / "dog" / "1.png")
+    cafe = os.path.join(os.fsencode(src), b"caf\xe9")
+    os.mkdir(cafe)
+    gradient_rgb(2).save(os.fsdecode(os.path.join(cafe, b"2.png")))
+    pack_folder(src, tmp_path / "out", 8, labels="dirs")
+    index = json.loads((tmp_path / "out" / "index.json").read_text(encoding="utf-8"))
+    assert index["classes"] == ["caf\\xe9", "dog"]
+    metas = [s["json"] for s in read_shards(tmp_path / "out")]
+    assert [(m["source"], m["label"]) for m in metas] == [("caf\\xe9/2.png", 0), ("dog/1.png", 1)]
