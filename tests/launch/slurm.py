@@ -29,6 +29,10 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
+# a requeued job may start again after cred_expire+1 s (default 120; values below 5 are rejected)
+AuthInfo=cred_expire=5
+# the main scheduler runs every 2 s (default 60), so a job is started soon after it becomes eligible
+SchedulerParameters=sched_interval=2
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
