@@ -53,9 +53,16 @@ class FixedBatches:
     def close(self) -> None: ...
 
 
+def dtype_for(strategy: str, extra: list[str]) -> torch.dtype:
+    """float64, but for ZeRO-3: DeepSpeed 0.19.8 refuses to partition float64 modules
+    ("Invalid data type torch.float64"), so its runs and their reference are float32."""
+    return torch.float32 if strategy == "deepspeed" and "parallel.zero_stage=3" in extra \
+        else torch.float64
+
+
 def train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict:
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(dtype_for(strategy, extra))
     try:
         return _train_fixed(env, strategy, tmp_path, extra)
     finally:
@@ -194,7 +201,7 @@ class FixedStackBatches(FixedBatches):
 
 def train_stack(env: DistEnv, strategy: str, condition: str, tmp_path, extra: list[str]) -> dict:
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(dtype_for(strategy, extra))
     try:
         cfg = load_config(None, overrides(strategy, tmp_path) + extra + [
             "model.arch=stackgan", "model.resolution=32", "model.base_resolution=8",
