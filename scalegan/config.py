@@ -9,6 +9,7 @@ The resolved tree is written to the run directory and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +150,16 @@ class DataConfig:
     """Samples held in the seeded shuffle buffer of each worker."""
     xflip: bool = True
     """Mirror each image left-right with probability 1/2 (seeded)."""
+    max_skip: int = 1000
+    """Consecutive undecodable samples after which the data set is taken to be unusable: the run
+    stops with an error naming the shards (as it does after an epoch with no decodable image)."""
+    allow_unindexed: bool = False
+    """Accept a data.shards directory of tar files without the index.json `scalegan pack`
+    writes last (otherwise refused: it may hold an interrupted pack, or several mixed)."""
 
     def __post_init__(self) -> None:
         _check(self.source in ("shards", "points"), "data.source", self.source, "shards | points")
+        _check(self.max_skip >= 1, "data.max_skip", self.max_skip, ">= 1")
         _check(self.points in ("ring8", "grid25"), "data.points", self.points, "ring8 | grid25")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, ">= 1")
@@ -242,10 +250,21 @@ class TrainConfig:
     """Half-life of the G_ema average, in thousands of images."""
     ema_rampup: float = 0.05
     """Half-life is at most ema_rampup * images seen early in the run (0 disables the ramp-up)."""
+    on_nonfinite: Literal["skip", "stop", "rollback"] = "skip"
+    """What a step whose loss or gradients are NaN or inf does: its updates are never applied;
+    skip: count it and go on; stop: end the run at once; rollback: also restore G, D, G_ema and
+    the optimizers from the newest checkpoint (the data and counters go on). Every policy stops
+    with exit status 4 after ``max_nonfinite`` such steps in a row."""
+    max_nonfinite: int = 10
+    """Consecutive non-finite steps after which the run stops as diverged (exit status 4)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         _check(self.total_kimg > 0, "train.total_kimg", self.total_kimg, "> 0")
+        _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "an integer from 0 to 2^32 - 1")
+        _check(self.on_nonfinite in ("skip", "stop", "rollback"), "train.on_nonfinite",
+               self.on_nonfinite, "skip | stop | rollback")
+        _check(self.max_nonfinite >= 1, "train.max_nonfinite", self.max_nonfinite, ">= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, ">= 1")
         _check(self.batch_size % self.grad_accum == 0, "train.grad_accum", self.grad_accum,
@@ -297,7 +316,12 @@ class CheckpointConfig:
     keep: int = 3
     """Newest checkpoints kept; older ones are deleted after a newer one is complete."""
     resume: bool = True
-    """Resume from the newest complete checkpoint in the run directory if there is one."""
+    """Resume from the newest complete checkpoint in the run directory if there is one (a
+    damaged newer one is moved aside as step_X.corrupt and the next older one tried)."""
+    overwrite: bool = False
+    """With resume=false in a run directory that already holds checkpoints: move its
+    checkpoints, metrics and samples aside (into previous-<time>/) and start over. Without it
+    such a start is refused."""
 
     def __post_init__(self) -> None:
         _check(self.every_kimg > 0, "checkpoint.every_kimg", self.every_kimg, "> 0")
@@ -396,8 +420,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "name", self.name,
-               "a non-empty name without '/'")
+        _check(bool(self.name) and "/" not in self.name and "\0" not in self.name
+               and self.name not in (".", ".."), "name", self.name,
+               "a non-empty name without '/', other than '.' and '..' (a directory inside "
+               "runs_dir)")
         if self.model.arch == "progressive":
             _check(self.train.schedule.start_resolution <= self.model.resolution,
                    "train.schedule.start_resolution", self.train.schedule.start_resolution,
@@ -426,8 +452,26 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _finite(key: str, value: Any) -> Any:
+    """``value`` with every float in it (nested in mappings and lists) checked to be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(f"{key}.{k}", v)
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite(f"{key}[{i}]", v)
+    return value
+
+
 def _coerce(key: str, tp: Any, value: Any) -> Any:
-    """Check ``value`` against the annotated type ``tp`` (ints are accepted for floats)."""
+    """Check ``value`` against the annotated type ``tp`` (ints are accepted for floats; NaN and
+    infinities nowhere)."""
+    return _finite(key, _coerce_type(key, tp, value))
+
+
+def _coerce_type(key: str, tp: Any, value: Any) -> Any:
     if typing.get_origin(tp) is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {_type_name(tp)}")
