@@ -6,32 +6,46 @@ import contextlib
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from PIL import Image
 
-from scalegan.config import config_from_dict
+from scalegan.config import ConfigError, config_from_dict
 from scalegan.data.points import mixture
 from scalegan.models import build_models
-from scalegan.monitor.grid import save_grid, to_uint8
+from scalegan.monitor.grid import image_format, save_grid, to_uint8
 from scalegan.monitor.scatter import save_scatter
 from scalegan.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
     ModelState,
-    quiet_single_process,
-    read_meta,
     resolve_checkpoint,
+    verify,
 )
 from scalegan.train.objectives import build_objective
 from scalegan.train.schedule import Phase
 
 
-def load_generator(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
-    """G_ema of a checkpoint (eval mode) and the checkpoint's meta (config, phase, counters)."""
+def checkpoint_config(path: Path, meta: dict):
+    """The Config a checkpoint was written with; CheckpointError naming its meta.json when this
+    version of scalegan cannot read it."""
+    try:
+        return config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'meta.json'}: its config does not fit this version of "
+                              f"scalegan ({e})") from None
+
+
+def load_generator(checkpoint: str | Path, meta: dict | None = None
+                   ) -> tuple[torch.nn.Module, dict]:
+    """G_ema of a checkpoint (eval mode) and the checkpoint's meta (config, phase, counters).
+
+    The checkpoint is verified first (meta.json's checksum, size and CRC32 of the DCP files) and
+    read through the safe loaders; CheckpointError names the file and what is wrong. ``meta``:
+    what ``verify`` returned for it already."""
     path = resolve_checkpoint(checkpoint)
-    meta = read_meta(path)
-    cfg = config_from_dict(meta["config"])
+    meta = meta or verify(path, scope="dcp")
+    cfg = checkpoint_config(path, meta)
     G, _ = build_models(cfg.model)
-    with quiet_single_process():
-        dcp.load({"G_ema": ModelState(G)}, checkpoint_id=path)  # reads only G_ema's tensors
+    CheckpointManager.load(path, {"G_ema": ModelState(G)})  # reads only G_ema's tensors
     return G.eval().requires_grad_(False), meta
 
 
@@ -74,8 +88,19 @@ def generate(checkpoint: str | Path, num: int = 64, out: str | Path = "grid.png"
     vector ``embedding``. StackGAN writes its last stage, or with ``stages="all"`` every stage
     side by side (each enlarged to the last stage's size).
     """
+    if num < 1:
+        raise ValueError(f"--num {num}: the number of images must be at least 1")
+    out = Path(out)
+    if individual and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; --individual writes one PNG per "
+                         f"image into a folder")
+    if not individual and out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the grid's file name (e.g. "
+                         f"{out / 'grid.png'}), or add --individual for one PNG per image")
     G, meta = load_generator(checkpoint)
     cfg = config_from_dict(meta["config"])
+    if not individual and cfg.model.arch != "mlp":
+        image_format(out)
     if stages not in ("final", "all"):
         raise ValueError(f"stages={stages!r}: expected final | all")
     if stages == "all" and cfg.model.arch != "stackgan":
@@ -88,7 +113,6 @@ def generate(checkpoint: str | Path, num: int = 64, out: str | Path = "grid.png"
     images = torch.cat([
         objective.display(G, zb, None if cond is None else cond[i:i + batch], phase, **kw)
         for i, zb in zip(range(0, num, batch), z.split(batch), strict=True)])
-    out = Path(out)
     if cfg.model.arch == "mlp":  # 2-D points: one scatter plot over the mixture's modes
         if individual:
             raise ValueError("--individual: a 2-D model's samples are drawn as one scatter plot")
