@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+"""Bad input: a config key, a file, a checkpoint, data that does not fit the run."""
+EXIT_DIVERGED = 4
+"""Training stopped because its losses or gradients stayed NaN or inf."""
+EXIT_DISK_FULL = 5
+"""A checkpoint could not be written for lack of space (the previous one is intact)."""
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"scalegan: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -23,13 +28,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
             from scalegan.data.demo import pack_demo
 
             summary = pack_demo(args.out, resolution=args.resolution or 32,
-                                shard_size=args.shard_size or 25)
+                                shard_size=25 if args.shard_size is None else args.shard_size)
         else:
-            if not args.resolution:
+            if args.resolution is None:
                 return _fail("--resolution is required (e.g. --resolution 256)")
             summary = pack_folder(args.src, args.out, args.resolution,
-                                  shard_size=args.shard_size or 1000, fit=args.fit,
-                                  labels=args.labels)
+                                  shard_size=1000 if args.shard_size is None else args.shard_size,
+                                  fit=args.fit, labels=args.labels)
     except PackError as e:
         return _fail(str(e))
     print(summary.to_text())
@@ -49,7 +54,7 @@ def _describe_models(cfg) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scalegan.config import ConfigError, load_config
-    from scalegan.data.pipeline import DataError, expand_shards
+    from scalegan.data.pipeline import DataError, check_pack, expand_shards
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -59,16 +64,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_describe_models(cfg))
         return 0
     try:
-        if cfg.data.source == "shards":
-            expand_shards(cfg.data.shards)
+        if cfg.data.source == "shards":  # what the data says must fit the model: before any step
+            mc = cfg.model
+            expand_shards(cfg.data.shards, allow_unindexed=cfg.data.allow_unindexed)
+            check_pack(cfg.data.shards, mc.resolution, img_channels=mc.img_channels,
+                       condition=mc.condition, embedding_dim=mc.embedding_dim,
+                       num_classes=mc.num_classes)
+            if cfg.eval.every_kimg > 0 and cfg.eval.real:
+                expand_shards(cfg.eval.real, key="eval.real",
+                              allow_unindexed=cfg.data.allow_unindexed)
+                check_pack(cfg.eval.real, mc.resolution, img_channels=mc.img_channels,
+                           key="eval.real")
     except DataError as e:
         return _fail(str(e))
 
     from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
     from scalegan.parallel.env import init_distributed, shutdown
-    from scalegan.train.checkpoint import ResumeError
-    from scalegan.train.preemption import EXIT_REQUEUE
-    from scalegan.train.trainer import Trainer
+    from scalegan.train.checkpoint import CheckpointError, DiskFullError, ResumeError
+    from scalegan.train.preemption import EXIT_INTERRUPTED, EXIT_REQUEUE
+    from scalegan.train.rundir import RunDirError
+    from scalegan.train.trainer import DivergenceError, Trainer
 
     env = init_distributed()
     try:
@@ -81,17 +96,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{trainer.strategy.name}", file=sys.stderr)
         try:
             status = trainer.train(max_steps=args.max_steps)
-        except (DataError, ResumeError) as e:
+        except (DataError, ResumeError, RunDirError, CheckpointError) as e:
             return _fail(str(e))
+        except DivergenceError as e:
+            return _fail(str(e), EXIT_DIVERGED)
+        except DiskFullError as e:
+            return _fail(e.strerror, EXIT_DISK_FULL)
         finally:
             trainer.close()
     finally:
         shutdown(env)
-    if status == "preempted":
+    if status in ("preempted", "interrupted"):
+        code = EXIT_REQUEUE if status == "preempted" else EXIT_INTERRUPTED
         if env.is_main:
-            print(f"stopped by a signal; checkpoint {cfg.run_dir / 'checkpoints' / 'latest'}; "
-                  f"exit {EXIT_REQUEUE} asks the launcher to requeue", file=sys.stderr)
-        return EXIT_REQUEUE
+            why = "asks the launcher to requeue" if code == EXIT_REQUEUE else "after Ctrl-C"
+            latest = cfg.run_dir / "checkpoints" / "latest"
+            where = f"checkpoint {latest}" if latest.exists() else "no checkpoint yet"
+            print(f"stopped by a signal; {where}; exit {code} {why}", file=sys.stderr)
+        return code
     if not env.is_main:
         return 0
     run = cfg.run_dir
@@ -128,24 +150,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from scalegan.config import ConfigError, EvalConfig, config_from_dict
+    from scalegan.config import ConfigError, EvalConfig
     from scalegan.data.pipeline import DataError
+    from scalegan.generate import checkpoint_config
     from scalegan.metrics.evaluate import evaluate, extractor_for
     from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
     from scalegan.parallel.env import init_distributed, shutdown
-    from scalegan.train.checkpoint import read_meta, resolve_checkpoint
+    from scalegan.train.checkpoint import CheckpointError, resolve_checkpoint, verify
     from scalegan.train.schedule import Phase
 
+    if args.num_real is not None and args.num_real < 0:
+        return _fail(f"--num-real {args.num_real}: expected 0 (all) or a positive count")
     try:
         path = resolve_checkpoint(args.checkpoint)
-        meta = read_meta(path)
-        cfg = config_from_dict(meta["config"])
+        meta = verify(path, scope="dcp")
+        cfg = checkpoint_config(path, meta)
         options = {"metrics": args.metrics, "real": args.real, "num_fake": args.num_fake,
                    "num_real": args.num_real, "extractor": args.extractor,
                    "weights": args.weights, "batch_size": args.batch, "seed": args.seed}
         ec = dataclasses.replace(cfg.eval, **{k: v for k, v in options.items() if v is not None})
         ec = EvalConfig(**dataclasses.asdict(ec))  # validates
-    except (FileNotFoundError, ConfigError) as e:
+    except (FileNotFoundError, ConfigError, CheckpointError) as e:
         return _fail(str(e))
     if not ec.real and not cfg.data.shards:
         return _fail("--real is required: the checkpoint's config has no data.shards")
@@ -155,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = init_distributed()
     try:
         extractor = extractor_for(ec, env.device)
-        G, _ = load_generator(path)
+        G, _ = load_generator(path, meta)
         G.to(env.device)
         phase = Phase(meta["phase"]["resolution"], meta["phase"]["alpha"])
         results, _ = evaluate(G, cfg, phase, env, extractor, ec=ec)
@@ -243,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (or pressed twice)
+        print("scalegan: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

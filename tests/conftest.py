@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -25,8 +27,9 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def write_shards(directory: Path, num_shards: int, per_shard: int, resolution: int,
-                 seed: int = 0) -> list[str]:
-    """``num_shards`` tars of ``per_shard`` random RGB PNGs keyed 00000000, 00000001, ..."""
+                 seed: int = 0, index: bool = True) -> list[str]:
+    """``num_shards`` tars of ``per_shard`` random RGB PNGs keyed 00000000, 00000001, ..., and
+    (``index``) the index.json `scalegan pack` writes beside them."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     urls = []
@@ -37,6 +40,12 @@ def write_shards(directory: Path, num_shards: int, per_shard: int, resolution: i
                 img = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
                 sink.write({"__key__": f"{s * per_shard + i:08d}", "png": png_bytes(img)})
         urls.append(str(path))
+    if index:
+        shards = [{"name": Path(u).name, "count": per_shard,
+                   "sha256": hashlib.sha256(Path(u).read_bytes()).hexdigest()} for u in urls]
+        (directory / "index.json").write_text(json.dumps(
+            {"num_samples": num_shards * per_shard, "resolution": resolution, "channels": 3,
+             "labels": None, "shards": shards, "skipped": [], "fit": "crop"}, indent=2))
     return urls
 
 

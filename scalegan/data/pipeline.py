@@ -39,6 +39,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from scalegan.train.preemption import blocked, ignore_in_child
+
 log = logging.getLogger(__name__)
 
 
@@ -53,11 +55,33 @@ def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def expand_shards(spec: str, key: str = "data.shards") -> list[str]:
+def read_index(directory: Path) -> dict:
+    """``directory/index.json`` as ``scalegan pack`` writes it; DataError naming the file when it
+    is not JSON or has no list of shards."""
+    index = directory / "index.json"
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{index} is not a readable index of shards ({e}); re-pack the data with "
+                        f"`scalegan pack`") from None
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) for s in shards):
+        raise DataError(f"{index} has no list of shards ('shards': [{{'name': ...}}, ...]); "
+                        f"re-pack the data with `scalegan pack`")
+    for s in shards:
+        name = Path(s["name"])
+        if name.is_absolute() or ".." in name.parts:
+            raise DataError(f"{index} names a shard outside its directory: {s['name']!r}")
+    return data
+
+
+def expand_shards(spec: str, key: str = "data.shards", allow_unindexed: bool = False) -> list[str]:
     """Turn a shard spec into a list of tar paths/URLs, checking that local files exist.
 
-    ``spec`` is a directory with ``index.json`` (or ``*.tar`` files), a brace pattern
-    ('x/{000000..000031}.tar') or a comma-separated list of either.
+    ``spec`` is a directory with ``index.json``, a brace pattern ('x/{000000..000031}.tar') or a
+    comma-separated list of either. A directory of ``*.tar`` files without ``index.json`` (an
+    interrupted pack, or a folder that mixes packs) is refused unless ``allow_unindexed``.
     """
     if not spec or not str(spec).strip():
         raise DataError(f"{key} is empty: give a shard directory, a brace pattern such as "
@@ -69,11 +93,17 @@ def expand_shards(spec: str, key: str = "data.shards") -> list[str]:
             continue
         path = Path(part)
         if not _is_remote(part) and path.is_dir():
-            index = path / "index.json"
-            if index.is_file():
-                urls += [str(path / s["name"]) for s in json.loads(index.read_text())["shards"]]
+            if (path / "index.json").is_file():
+                urls += [str(path / s["name"]) for s in read_index(path)["shards"]]
             else:
-                urls += sorted(str(p) for p in path.glob("*.tar"))
+                tars = sorted(str(p) for p in path.glob("*.tar"))
+                if tars and not allow_unindexed:
+                    raise DataError(f"{key}: {path} holds {len(tars)} tar file(s) but no "
+                                    f"index.json, so nothing says they are one complete pack "
+                                    f"(an interrupted `scalegan pack` leaves such a folder); "
+                                    f"re-pack, or set data.allow_unindexed=true to train on "
+                                    f"every tar in it")
+                urls += tars
         else:
             urls += list(braceexpand.braceexpand(part))
     if not urls:
@@ -84,6 +114,46 @@ def expand_shards(spec: str, key: str = "data.shards") -> list[str]:
         raise DataError(f"{key}={spec!r}: {len(missing)} of {len(urls)} shards do not exist: "
                         f"{', '.join(missing[:3])}{more}")
     return urls
+
+
+def check_pack(spec: str, resolution: int, *, img_channels: int = 3, condition: str = "none",
+               embedding_dim: int = 0, num_classes: int = 0, key: str = "data.shards") -> None:
+    """Before training: what each packed directory's index.json records must fit the model
+    (the stored resolution at least ``resolution``; RGB data for an RGB model; labels of the kind
+    and size a conditional model reads). DataError naming the file, the values and the key.
+    Shards given without an index are checked as they are read."""
+    for part in str(spec).split(","):
+        path = Path(part.strip())
+        if not part.strip() or _is_remote(part) or not (path / "index.json").is_file():
+            continue
+        index_file, index = path / "index.json", read_index(path)
+        packed = index.get("resolution")
+        if isinstance(packed, int) and packed < resolution:
+            raise DataError(f"{index_file}: the images are packed at {packed}x{packed}, smaller "
+                            f"than model.resolution={resolution}; re-pack them with "
+                            f"`scalegan pack ... --resolution {resolution}` or lower "
+                            f"model.resolution")
+        channels = index.get("channels")
+        if isinstance(channels, int) and channels < img_channels:
+            raise DataError(f"{index_file}: the images have {channels} channel(s) but "
+                            f"model.img_channels={img_channels}")
+        if "labels" not in index or condition == "none":
+            continue
+        stored = index["labels"]
+        wanted = {"label": "label", "embedding": "attributes"}[condition]
+        if stored != wanted:
+            have = "no labels" if stored is None else f"labels of kind {stored!r}"
+            raise DataError(f"{index_file}: the pack holds {have}, but model.condition="
+                            f"{condition} reads {wanted!r} (`scalegan pack SRC OUT --labels "
+                            f"dirs|FILE.json`)")
+        dim = index.get("attribute_dim")
+        if condition == "embedding" and isinstance(dim, int) and dim != embedding_dim:
+            raise DataError(f"{index_file}: attribute vectors of length {dim}, but "
+                            f"model.embedding_dim={embedding_dim}")
+        classes = index.get("classes")
+        if condition == "label" and isinstance(classes, list) and len(classes) > num_classes:
+            raise DataError(f"{index_file} lists {len(classes)} classes but model.num_classes="
+                            f"{num_classes}: set model.num_classes={len(classes)}")
 
 
 # ---------------------------------------------------------------------------------- sample decode
@@ -122,9 +192,23 @@ def decode_sample(sample: dict, resolution: int) -> np.ndarray | None:
     except DataError:
         raise
     except Exception as exn:  # a corrupt sample is counted and skipped, never fatal
-        log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
-                    sample.get("__url__"), exn)
+        _warn_corrupt(sample, exn)
         return None
+
+
+_corrupt_seen = 0
+_CORRUPT_WARNINGS = 20
+"""Corrupt samples reported one by one in each process; after that, every 1000th."""
+
+
+def _warn_corrupt(sample: dict, exn: Exception) -> None:
+    global _corrupt_seen
+    _corrupt_seen += 1
+    if _corrupt_seen <= _CORRUPT_WARNINGS or _corrupt_seen % 1000 == 0:
+        more = (f" ({_corrupt_seen} corrupt samples in this process so far; reporting every "
+                f"1000th)" if _corrupt_seen >= _CORRUPT_WARNINGS else "")
+        log.warning("skipping corrupt sample %s in %s: %s%s", sample.get("__key__"),
+                    sample.get("__url__"), exn, more)
 
 
 # ------------------------------------------------------------------------------ one role's stream
@@ -160,12 +244,13 @@ class _RoleStream(IterableDataset):
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, seed: int,
                  shuffle_buffer: int, xflip: bool, starts: list[RolePosition],
-                 label_key: str | None = None):
+                 label_key: str | None = None, max_skip: int = 1000):
         super().__init__()
         self.urls, self.batch_size, self.resolution = urls, batch_size, resolution
         self.seed, self.shuffle_buffer, self.xflip = seed, shuffle_buffer, xflip
         self.starts = starts
         self.label_key = label_key
+        self.max_skip = max_skip
 
     def _tar_error(self, exn: Exception) -> bool:
         # A truncated or unreadable tar: say so and go on with the next shard.
@@ -193,16 +278,23 @@ class _RoleStream(IterableDataset):
         images: list[np.ndarray] = []
         keys: list[str] = []
         labels: list = []
+        run: list[str] = []  # shards of the corrupt samples since the last decodable one
         while True:
-            delivered = 0
+            usable = 0  # decodable samples of this epoch (or delivered before a restart)
             for i, sample in enumerate(self._epoch(pos.epoch, rank, role)):
-                delivered += 1
                 if i < pos.index:
+                    usable += 1
                     continue  # delivered before the restart: skip without decoding
                 pos.index = i + 1
                 image = self._decode(sample, pos)
                 if image is None:
+                    run.append(str(sample.get("__url__")))
+                    if len(run) >= self.max_skip:
+                        raise DataError(self._stall(rank, role, run, f"{len(run)} consecutive "
+                                                    f"samples (data.max_skip={self.max_skip})"))
                     continue
+                usable += 1
+                run = []
                 if self.label_key is not None:
                     labels.append(read_label(sample, self.label_key))
                 if self.xflip and random.Random(
@@ -213,10 +305,18 @@ class _RoleStream(IterableDataset):
                 if len(images) == self.batch_size:
                     yield self._batch(images, keys, labels, role, pos)
                     images, keys, labels = [], [], []
-            if delivered == 0:
-                raise DataError(f"rank {rank} worker role {role} read no samples in epoch "
-                                f"{pos.epoch} from its shards ({len(self.urls)} shards in all)")
+            if usable == 0:
+                read = f"{len(run)} sample(s), none decodable" if run else "no samples"
+                raise DataError(self._stall(rank, role, run, f"a whole epoch ({pos.epoch}): "
+                                            f"{read}"))
             pos.epoch, pos.index = pos.epoch + 1, 0
+
+    def _stall(self, rank: int, role: int, run: list[str], what: str) -> str:
+        shards = sorted(set(run)) or sorted(self.urls)
+        more = f" and {len(shards) - 5} more" if len(shards) > 5 else ""
+        return (f"rank {rank} worker role {role} found no decodable image in {what}, from "
+                f"{', '.join(shards[:5])}{more} ({len(self.urls)} shards in all): the data set "
+                f"has no usable images there; check or re-pack it")
 
     def _decode(self, sample: dict, pos: RolePosition) -> np.ndarray | None:
         image = decode_sample(sample, self.resolution)
@@ -239,7 +339,10 @@ class _RoleStream(IterableDataset):
         return out
 
 
-def _assign_role(num_roles: int, offset: int, worker_id: int) -> None:
+def _init_worker(num_roles: int, offset: int, worker_id: int) -> None:
+    # Slurm and terminals signal the whole process group: the trainer decides when to stop and
+    # shuts its workers down itself.
+    ignore_in_child()
     # webdataset's split_by_worker reads WORKER/NUM_WORKERS from the environment when set: this is
     # how a restarted worker takes over the role whose turn comes next.
     os.environ["WORKER"] = str((worker_id + offset) % num_roles)
@@ -276,7 +379,7 @@ class ImageStream:
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, *, seed: int = 0,
                  num_workers: int = 0, shuffle_buffer: int = 1000, xflip: bool = False,
-                 label_key: str | None = None, pyramid: int = 1):
+                 label_key: str | None = None, pyramid: int = 1, max_skip: int = 1000):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         if label_key not in (None, *LABEL_KEYS):
@@ -293,6 +396,7 @@ class ImageStream:
         self.urls, self.batch_size, self.resolution = list(urls), batch_size, resolution
         self.seed, self.num_workers = seed, num_workers
         self.shuffle_buffer, self.xflip = shuffle_buffer, xflip
+        self.max_skip = max_skip
         self.rank, self.world = rank, world
         self.roles = [RolePosition() for _ in range(self.num_roles)]
         self.batches = 0
@@ -307,13 +411,14 @@ class ImageStream:
         offset = self.batches % self.num_roles
         dataset = _RoleStream(self.urls, self.batch_size, self.resolution, self.seed,
                               self.shuffle_buffer, self.xflip, starts=list(self.roles),
-                              label_key=self.label_key)
+                              label_key=self.label_key, max_skip=self.max_skip)
         loader = DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers,
-            worker_init_fn=functools.partial(_assign_role, self.num_roles, offset),
+            worker_init_fn=functools.partial(_init_worker, self.num_roles, offset),
             prefetch_factor=2 if self.num_workers else None,
         )
-        self._iter = iter(loader)
+        with blocked():  # no worker can die of a stop signal before it ignores them
+            self._iter = iter(loader)
 
     def next_batch(self) -> Batch:
         """The next batch: (B, 3, R, R) float32 images in [-1, 1] (one per scale with
@@ -340,15 +445,32 @@ class ImageStream:
             self.resolution = resolution
             self.close()
 
-    def close(self) -> None:
-        self._iter = None  # dropping the iterator shuts its workers down
+    def close(self, now: bool = False) -> None:
+        """Shut the workers down: they finish their current sample and exit, or, ``now`` (after
+        a stop signal), are killed at once. A worker still alive after the DataLoader's own
+        shutdown (it ignores SIGTERM, see ``_init_worker``) is killed."""
+        it, self._iter = self._iter, None
+        workers = list(getattr(it, "_workers", None) or [])
+        if not workers:
+            return
+        if now:
+            if getattr(it, "_worker_pids_set", False):  # no "worker killed" error for these
+                torch.utils.data._utils.signal_handling._remove_worker_pids(id(it))
+                it._worker_pids_set = False
+            for w in workers:
+                w.kill()
+        it._shutdown_workers()
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join()
 
     def state_dict(self) -> dict:
         return {"batches": self.batches, "world": self.world, "rank": self.rank,
                 "roles": [vars(r).copy() for r in self.roles]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.close()
+        self.close(now=True)  # whatever the workers had read ahead is dropped
         roles = [RolePosition(**r) for r in state["roles"]]
         if len(roles) == self.num_roles and state.get("world", 1) == self.world:
             self.roles, self.batches = roles, int(state["batches"])

@@ -111,7 +111,7 @@ class PointStream:
     def set_resolution(self, resolution: int) -> None:
         """No-op: points have no resolution."""
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         """No-op: nothing to release."""
 
     def state_dict(self) -> dict:

@@ -15,7 +15,6 @@ generated set has the real set's class (or attribute) distribution.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,13 @@ import webdataset as wds
 from torch import nn
 
 from scalegan.config import Config, EvalConfig
-from scalegan.data.pipeline import DataError, decode_sample, expand_shards, read_label
+from scalegan.data.pipeline import (
+    DataError,
+    decode_sample,
+    expand_shards,
+    read_index,
+    read_label,
+)
 from scalegan.metrics.features import FeatureExtractor, build_extractor
 from scalegan.metrics.fid import fid_from_features
 from scalegan.metrics.kid import kid_from_features
@@ -81,17 +86,17 @@ def _shard_counts(spec: str, urls: list[str]) -> list[int] | None:
     index = Path(spec) / "index.json"
     if "," in spec or not index.is_file():
         return None
-    counts = {s["name"]: s["num_samples"] for s in json.loads(index.read_text())["shards"]
-              if "num_samples" in s}
+    counts = {s["name"]: s["count"] for s in read_index(Path(spec))["shards"]
+              if isinstance(s.get("count"), int)}
     named = [counts.get(Path(u).name) for u in urls]
     return None if any(c is None for c in named) else named
 
 
 def real_features(spec: str, resolution: int, extractor: FeatureExtractor, env: DistEnv, *,
                   num: int = 0, batch_size: int = 64, label_key: str | None = None,
-                  key: str = "eval.real") -> RealSet:
+                  key: str = "eval.real", allow_unindexed: bool = False) -> RealSet:
     """Features of the first ``num`` real images of ``spec`` in shard order (0: all of them)."""
-    urls = expand_shards(spec, key=key)
+    urls = expand_shards(spec, key=key, allow_unindexed=allow_unindexed)
     counts = _shard_counts(spec, urls)
     if num and counts is not None:  # only the shards holding the first num samples
         ends = np.cumsum(counts)
@@ -208,7 +213,8 @@ def evaluate(G: nn.Module, cfg: Config, phase: Phase, env: DistEnv,
     if real is None or real.resolution != phase.resolution:
         spec, key = (ec.real, "eval.real") if ec.real else (cfg.data.shards, "data.shards")
         real = real_features(spec, phase.resolution, extractor, env, num=ec.num_real,
-                             batch_size=ec.batch_size, label_key=label_key, key=key)
+                             batch_size=ec.batch_size, label_key=label_key, key=key,
+                             allow_unindexed=cfg.data.allow_unindexed)
     fake = fake_features(G, cfg, phase, extractor, env, num=ec.num_fake,
                          batch_size=ec.batch_size, seed=ec.seed, conditions=real.labels)
     results = [None]

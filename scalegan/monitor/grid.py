@@ -41,12 +41,28 @@ def image_grid(images: torch.Tensor, ncols: int | None = None, min_side: int = 0
     return img
 
 
+IMAGE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}),
+                 ".jpeg": ("JPEG", {"quality": 95}), ".webp": ("WEBP", {"lossless": True})}
+"""File name suffix -> the format an image is written in, and its options."""
+
+
+def image_format(path: str | Path) -> tuple[str, dict]:
+    """The format ``path``'s suffix asks for; ValueError naming the path otherwise."""
+    try:
+        return IMAGE_FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        raise ValueError(f"{path}: cannot tell the image format from the name; end it with "
+                         f"{', '.join(IMAGE_FORMATS)}") from None
+
+
 def save_grid(images: torch.Tensor, path: str | Path, ncols: int | None = None,
               min_side: int = 64) -> Path:
-    """Write ``image_grid`` to ``path`` (PNG) atomically; returns the path."""
+    """Write ``image_grid`` to ``path`` atomically, in the format of its suffix (.png, .jpg,
+    .webp); returns the path."""
     path = Path(path)
+    fmt, options = image_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    image_grid(images, ncols, min_side).save(tmp, format="PNG")
+    image_grid(images, ncols, min_side).save(tmp, format=fmt, **options)
     tmp.replace(path)
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -26,8 +27,22 @@ class Logger:
     def close(self) -> None: ...
 
 
+def strict_json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every NaN or infinity replaced by ``null`` (JSON has no such numbers) and,
+    when there were any, ``"nonfinite_values"``: how many."""
+    out, bad = {}, 0
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value, bad = None, bad + 1
+        out[key] = value
+    if bad:
+        out["nonfinite_values"] = bad
+    return out
+
+
 class JsonlLogger(Logger):
-    """Appends one JSON object per call to ``metrics.jsonl`` (flushed, so a crash loses nothing)."""
+    """Appends one JSON object per call to ``metrics.jsonl`` (flushed, so a crash loses nothing).
+    Every line is strict JSON: non-finite values are written as ``null`` and counted."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -35,7 +50,8 @@ class JsonlLogger(Logger):
         self._f = open(self.path, "a")
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self._f.write(json.dumps({"step": step, **scalars}) + "\n")
+        row = strict_json_row({"step": step, **scalars})
+        self._f.write(json.dumps(row, allow_nan=False) + "\n")
         self._f.flush()
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalegan.train.checkpoint import ModelState, OptimizerState
+from scalegan.train.checkpoint import ModelState, OptimizerState, any_rank
 from scalegan.train.ema import update_ema
 
 
@@ -48,9 +48,28 @@ class Strategy:
         """Backward of one micro-batch's ``loss`` (already divided by the micro-batch count)."""
         loss.backward()
 
-    def step(self, which: str) -> None:
-        """The optimizer step of ``which`` after all micro-batches' backward."""
-        self.optimizers[which].step()
+    def step(self, which: str, finite: bool = True) -> bool:
+        """The optimizer step of ``which`` after all micro-batches' backward, unless its loss was
+        not finite (``finite`` False on any rank) or a gradient holds NaN or inf: then the
+        gradients are dropped and nothing moves (not the weights, not Adam's moments or step).
+        Returns whether the step was applied; the same on every rank."""
+        applied = not any_rank(not (finite and self.grads_finite(which)))
+        if applied:
+            self.optimizers[which].step()
+        else:
+            self.optimizers[which].zero_grad(set_to_none=True)
+        return applied
+
+    def grads_finite(self, which: str) -> bool:
+        """Whether every gradient element of ``which`` this rank holds is finite (its shards
+        under FSDP): one fused max-abs reduction per dtype, NaN propagating."""
+        grads = [p.grad for p in self.models[which].parameters() if p.grad is not None]
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        grads = [g for g in grads if g.numel()]
+        if not grads:
+            return True
+        norms = torch._foreach_norm(grads, float("inf"))
+        return bool(torch.stack([n.float() for n in norms]).isfinite().all())
 
     @contextlib.contextmanager
     def input_gradient(self):

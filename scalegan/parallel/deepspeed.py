@@ -43,6 +43,7 @@ from scalegan.config import Config, _deep_merge
 from scalegan.parallel.base import Strategy
 from scalegan.parallel.env import DistEnv
 from scalegan.train.ema import update_ema
+from scalegan.train.safe_load import safe_torch_load
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
@@ -97,6 +98,11 @@ class DeepSpeedStrategy(Strategy):
             engine, *_ = deepspeed.initialize(model=self.models[which], optimizer=opt,
                                               config=copy.deepcopy(ds_config),
                                               dist_init_required=False)
+            # ZeRO skips a step whose gradients hold NaN or inf (agreed across ranks) only when
+            # asked to outside fp16; stage 3 always does
+            engine.optimizer.check_grad_overflow = True
+            # DeepSpeed's own loader would torch.load its files with weights_only=False
+            engine.checkpoint_engine.load = safe_torch_load
             self.engines[which] = engine
         self.optimizers = {"G": opt_G, "D": opt_D}
 
@@ -150,13 +156,18 @@ class DeepSpeedStrategy(Strategy):
     def backward(self, which: str, loss: torch.Tensor) -> None:
         engine = self.engines[which]
         engine.backward(loss, scale_wrt_gas=False)  # the trainer already divided by grad_accum
-        engine.step()  # counts the micro-step; updates only at the accumulation boundary
+        if not engine.is_gradient_accumulation_boundary():
+            engine.step()  # counts the micro-step; the boundary's step is ``step``'s
 
-    def step(self, which: str) -> None:
+    def step(self, which: str, finite: bool = True) -> bool:
+        """The boundary's ``engine.step()``: ZeRO applies it unless a gradient is NaN or inf
+        (checked over every rank's partition); returns whether it did."""
         engine = self.engines[which]
-        if engine.micro_steps % engine.gradient_accumulation_steps():
+        if not engine.is_gradient_accumulation_boundary():
             raise RuntimeError(f"DeepSpeed engine of {which} is at micro-step "
                                f"{engine.micro_steps}, not at an accumulation boundary")
+        engine.step()
+        return engine.was_step_applied()
 
     @contextlib.contextmanager
     def input_gradient(self):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import json
+import dataclasses
 import logging
+import math
 import os
 import resource
+import signal
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -25,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from scalegan.config import Config, config_to_dict, save_config
-from scalegan.data.pipeline import DataError, ImageStream, expand_shards
+from scalegan.config import Config, ModelConfig, config_to_dict, save_config
+from scalegan.data.pipeline import DataError, ImageStream, check_pack, expand_shards
 from scalegan.data.points import PointStream, mixture
 from scalegan.metrics.evaluate import LOWER_IS_BETTER, RealSet, evaluate, extractor_for, headline
 from scalegan.metrics.modes import mode_stats
@@ -37,16 +39,44 @@ from scalegan.monitor.progress import Progress
 from scalegan.monitor.scatter import save_scatter
 from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
-from scalegan.train.checkpoint import CheckpointManager, ModelState, ResumeError, read_meta
+from scalegan.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    ModelState,
+    ResumeError,
+    all_gather_json,
+    any_rank,
+    step_dirs,
+    verify,
+)
 from scalegan.train.ema import ema_beta
 from scalegan.train.objectives import MicroBatch, build_objective
-from scalegan.train.preemption import StopSignal
+from scalegan.train.preemption import Interrupted, StopSignal
+from scalegan.train.rundir import RunDirectory
 from scalegan.train.schedule import Phase, phase_at
 
 log = logging.getLogger(__name__)
 
 POINT_SAMPLES = 2500
 """Samples drawn for each scatter plot and mode count of a 2-D run (VEEGAN / PacGAN: 2500)."""
+
+RESUME_IGNORES = ("ops_impl", "mbstd_across_ranks")
+"""model.* keys a run may change when it resumes: they change no tensor and no result."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or gradients for too many steps in a row (or once,
+    with ``train.on_nonfinite=stop``); says at which step and which value."""
+
+
+def model_differences(saved: dict, cfg: Config) -> list[str]:
+    """``model.key: checkpoint X, this run Y`` for every model setting a checkpoint (its
+    config as a dict) and ``cfg`` disagree on; keys the checkpoint predates take their default."""
+    old = {**dataclasses.asdict(ModelConfig()), **(saved.get("model") or {})}
+    new = config_to_dict(cfg)["model"]
+    return [f"model.{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
+            for k in sorted(set(old) | set(new))
+            if k not in RESUME_IGNORES and old.get(k) != new.get(k)]
 
 
 def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -71,6 +101,12 @@ def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
 @dataclass
 class StepStats:
     values: dict[str, float] = field(default_factory=dict)
+    applied: bool = True
+    """Whether the phase's optimizer step was applied (not: a loss or gradient was NaN or inf)."""
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.values.values())
 
     def add(self, key: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
         if torch.is_tensor(value):
@@ -138,6 +174,11 @@ class Trainer:
         if cfg.eval.every_kimg > 0:
             self.extractor = extractor_for(cfg.eval, self.device)
         self.real_set: RealSet | None = None
+        self.nonfinite_streak = 0  # consecutive steps with an update not applied
+        self.nonfinite_total = 0
+        self.skipped_updates: list[str] = []  # of the last step: "D", "R1", "G"
+        self.stopped_by: int | None = None  # the signal that ended the run, agreed by all ranks
+        self.run_directory: RunDirectory | None = None
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -160,25 +201,17 @@ class Trainer:
         if dc.source == "points":
             return PointStream(dc.points, self.micro_batch, seed=self.cfg.train.seed,
                                rank=self.rank, world=self.world)
-        urls = expand_shards(dc.shards)
-        if mc.condition == "label":
-            self._check_classes(dc.shards)
+        urls = expand_shards(dc.shards, allow_unindexed=dc.allow_unindexed)
+        check_pack(dc.shards, mc.resolution, img_channels=mc.img_channels,
+                   condition=mc.condition, embedding_dim=mc.embedding_dim,
+                   num_classes=mc.num_classes)
         return ImageStream(urls, self.micro_batch, self.phase().resolution,
                            seed=self.cfg.train.seed, num_workers=dc.num_workers,
                            shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip,
                            label_key={"none": None, "label": "label",
                                       "embedding": "attributes"}[mc.condition],
-                           pyramid=mc.stages if mc.arch == "stackgan" else 1)
-
-    def _check_classes(self, shards: str) -> None:
-        """A labelled pack lists its classes in index.json: they must fit model.num_classes."""
-        index = Path(shards) / "index.json"
-        if not index.is_file():
-            return
-        classes = json.loads(index.read_text()).get("classes")
-        if classes is not None and len(classes) > self.cfg.model.num_classes:
-            raise DataError(f"{index} lists {len(classes)} classes but model.num_classes="
-                            f"{self.cfg.model.num_classes}: set model.num_classes={len(classes)}")
+                           pyramid=mc.stages if mc.arch == "stackgan" else 1,
+                           max_skip=dc.max_skip)
 
     def _open_loggers(self) -> Logger:
         cfg = self.cfg
@@ -295,7 +328,7 @@ class Trainer:
                         torch.rand, mb.z_d.shape[0]))
                 stats.add_all(scalars, 1 / len(batches))
                 self.strategy.backward("D", loss / len(batches))
-        self.strategy.step("D")
+        stats.applied = self.strategy.step("D", stats.finite)
         return stats
 
     def r1_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
@@ -307,7 +340,7 @@ class Trainer:
                 loss, scalars = self.objective.r1_loss(D, mb, phase)
                 stats.add_all(scalars, 1 / len(batches))
                 self.strategy.backward("D", loss / len(batches))
-        self.strategy.step("D")
+        stats.applied = self.strategy.step("D", stats.finite)
         return stats
 
     def g_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
@@ -321,7 +354,7 @@ class Trainer:
             loss, scalars = self.objective.g_loss(G, self.D, mb, phase)
             stats.add_all(scalars, 1 / len(batches))
             self.strategy.backward("G", loss / len(batches))
-        self.strategy.step("G")
+        stats.applied = self.strategy.step("G", stats.finite)
         self.D.requires_grad_(True)
         return stats
 
@@ -330,32 +363,76 @@ class Trainer:
         beta = ema_beta(tc.batch_size, self.images_seen, tc.ema_halflife_kimg, tc.ema_rampup)
         self.strategy.update_ema(self.G_ema, beta)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step of D (and R1 when due) and G, then the EMA; returns scalars."""
+    def train_step(self, batches: list[MicroBatch] | None = None) -> dict[str, float]:
+        """One optimizer step of D (and R1 when due) and G, then the EMA; returns scalars.
+
+        An update whose loss or gradients are not finite is not applied (``skipped_updates``
+        names it; the row's ``nonfinite`` is 1); images seen and the schedule go on.
+        """
         phase = self.phase()
         before = self.phase(self.images_seen - self.cfg.train.batch_size) if self.step else None
+        if batches is None:
+            self.data.set_resolution(phase.resolution)
+            batches = self.next_micro_batches()
         self.strategy.begin_step(self.units_in_use(before), self.units_in_use(phase))
-        self.data.set_resolution(phase.resolution)
-        batches = self.next_micro_batches()
-        stats = self.d_phase(batches, phase).values
+        phases = [("D", self.d_phase(batches, phase))]
         lc = self.cfg.loss
         if lc.r1_gamma > 0 and self.step % lc.r1_interval == 0:
-            stats |= self.r1_phase(batches, phase).values
-        stats |= self.g_phase(batches, phase).values
+            phases.append(("R1", self.r1_phase(batches, phase)))
+        phases.append(("G", self.g_phase(batches, phase)))
         self.images_seen += self.cfg.train.batch_size
         self.step += 1
         self.ema_phase()
-        return {**stats, "resolution": phase.resolution, "alpha": phase.alpha}
+        self.skipped_updates = [name for name, st in phases if not st.applied]
+        stats = {k: v for _, st in phases for k, v in st.values.items()}
+        return {**stats, "resolution": phase.resolution, "alpha": phase.alpha,
+                "nonfinite": float(bool(self.skipped_updates))}
+
+    def fetch(self, stop: StopSignal) -> list[MicroBatch] | None:
+        """This step's micro-batches, or None when the run stops before the step: a stop signal
+        reached any rank (waiting for data is cut short), or any rank's data failed (DataError on
+        every rank). All ranks agree in one tiny all-reduce. A step given up leaves the data
+        position and the RNG as if nothing had been fetched, so the resumed run takes the same
+        batches."""
+        snapshot = (self.data.state_dict(), self.rng.get_state())
+        batches, error = None, None
+        try:
+            with stop.interruptible():
+                self.data.set_resolution(self.phase().resolution)
+                batches = self.next_micro_batches()
+        except Interrupted:
+            pass
+        except DataError as e:
+            error = str(e)
+        signum, missing, failed = float(stop.received or 0), float(batches is None), float(
+            error is not None)
+        if self.env.distributed:
+            flags = torch.tensor([signum, missing, failed], dtype=torch.float64,
+                                 device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            signum, missing, failed = flags.tolist()
+        if failed:
+            raise DataError(error or "another rank stopped on a data error (its log says which)")
+        if signum or missing:
+            self.data.load_state_dict(snapshot[0])
+            self.rng.set_state(snapshot[1])
+            self.stopped_by = int(signum) or int(stop.received or 0)
+            return None
+        return batches
 
     def train(self, max_steps: int | None = None) -> str:
         """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible.
 
-        Returns ``"done"``, ``"max_steps"``, or ``"preempted"``: SIGUSR1 / SIGTERM arrived, the
-        step in progress finished and every rank wrote a checkpoint.
+        Returns ``"done"``, ``"max_steps"``, ``"preempted"`` (SIGUSR1 / SIGTERM) or
+        ``"interrupted"`` (SIGINT): the signal stopped the run between two steps and every rank
+        wrote a checkpoint. Raises DivergenceError when the losses stay non-finite (see
+        ``train.on_nonfinite``): no checkpoint is written then.
         """
         cfg = self.cfg
+        if self.run_directory is None:
+            self.run_directory = RunDirectory(self.run_dir)
+            self.run_directory.open(cfg.checkpoint.resume, cfg.checkpoint.overwrite)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         if cfg.checkpoint.resume:
             self.resume()
@@ -366,13 +443,18 @@ class Trainer:
         window: list[dict[str, float]] = []
         t0, seen0 = time.perf_counter(), self.images_seen
         steps = 0
+        self.stopped_by = None
         with StopSignal() as stop:
             try:
                 while self.images_seen < total and (max_steps is None or steps < max_steps):
+                    batches = self.fetch(stop)
+                    if batches is None:
+                        break
                     prev_seen = self.images_seen
-                    window.append(self.train_step())
+                    row = self.train_step(batches)
+                    window.append(row)
                     steps += 1
-                    if self.step % cfg.log.every_steps == 0:
+                    if self.step % cfg.log.every_steps == 0 or row["nonfinite"]:
                         dt = time.perf_counter() - t0
                         scalars = self._summarise(window,
                                                   (self.images_seen - seen0) / max(dt, 1e-9))
@@ -381,27 +463,71 @@ class Trainer:
                         window, t0, seen0 = [], time.perf_counter(), self.images_seen
                     else:
                         progress.update(self.images_seen)
+                    self._check_finite(row)
                     if self._crossed(prev_seen, cfg.log.sample_every_kimg):
                         self.sample()
                     if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
                         self.save()
                     if cfg.eval.every_kimg > 0 and self._crossed(prev_seen, cfg.eval.every_kimg):
                         self.evaluate()
-                    if stop.agreed(self.device):  # a collective: every rank stops after this step
-                        break
-                preempted = stop.agreed(self.device)
-                if steps and self.last_sample_step != self.step and not preempted:
+                stopped = self.stopped_by is not None
+                if steps and self.last_sample_step != self.step and not stopped:
                     self.sample()
                 if steps and self.last_saved_step != self.step:
                     self.save()
             finally:
                 progress.close()
-        if preempted:
+        if self.stopped_by is not None:
             if self.is_main:
-                log.info("stopped by a signal after step %d (%.1f kimg); checkpoint written",
-                         self.step, self.images_seen / 1000)
-            return "preempted"
+                latest = self.ckpt.latest()
+                log.info("stopped by signal %d after step %d (%.3f kimg); %s", self.stopped_by,
+                         self.step, self.images_seen / 1000,
+                         f"newest checkpoint {latest}" if latest else "no checkpoint yet")
+            return "interrupted" if self.stopped_by == signal.SIGINT else "preempted"
         return "done" if self.images_seen >= total else "max_steps"
+
+    def _check_finite(self, row: dict[str, float]) -> None:
+        """After each step: count a step whose update was not applied; apply
+        ``train.on_nonfinite``; DivergenceError when the run must stop."""
+        if not self.skipped_updates:
+            self.nonfinite_streak = 0
+            return
+        tc = self.cfg.train
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        bad = ", ".join(f"{k}={v}" for k, v in sorted(row.items())
+                        if k.startswith("loss/") and isinstance(v, float) and not math.isfinite(v))
+        what = f"non-finite {bad or 'gradients'}"
+        if tc.on_nonfinite == "stop" or self.nonfinite_streak >= tc.max_nonfinite:
+            newest = self.ckpt.newest_finite()
+            raise DivergenceError(
+                f"training diverged at step {self.step} ({self.images_seen / 1000:.3f} kimg): "
+                f"{what}, {self.nonfinite_streak} step(s) in a row (train.on_nonfinite="
+                f"{tc.on_nonfinite}, train.max_nonfinite={tc.max_nonfinite}); those updates were "
+                f"not applied and no checkpoint was written after them; the newest checkpoint "
+                f"with finite weights is {newest if newest else 'none (no checkpoint yet)'}")
+        if self.is_main:
+            log.warning("step %d: %s: the update(s) of %s not applied (%d in a row, %d in all; "
+                        "train.max_nonfinite=%d)", self.step, what,
+                        "+".join(self.skipped_updates), self.nonfinite_streak,
+                        self.nonfinite_total, tc.max_nonfinite)
+        if tc.on_nonfinite == "rollback":
+            self.rollback()
+
+    def rollback(self) -> bool:
+        """Restore G, D, G_ema and both optimizers from the newest checkpoint with finite
+        weights (counters, data position and RNG go on); False if there is none."""
+        path = self.ckpt.newest_finite()
+        if path is None:
+            if self.is_main:
+                log.warning("no checkpoint to roll back to: going on from the current weights")
+            return False
+        verify(path)
+        self.ckpt.load(path, self.app_state(), self.strategy.load_extra)
+        if self.is_main:
+            log.warning("rolled G, D, G_ema and the optimizers back to %s; the data and the "
+                        "counters go on", path)
+        return True
 
     def close(self) -> None:
         if self.logger is not None:
@@ -409,6 +535,9 @@ class Trainer:
             self.logger = None
         if self.data is not None:
             self.data.close()
+        if self.run_directory is not None:
+            self.run_directory.close()
+            self.run_directory = None
 
     def _crossed(self, prev_seen: int, every_kimg: float) -> bool:
         every = max(1, int(every_kimg * 1000))
@@ -432,7 +561,8 @@ class Trainer:
         out.update({f"memory/rank{r}_gib": m for r, m in enumerate(memory)})
         out.update(kimg=self.images_seen / 1000, images_seen=self.images_seen,
                    images_per_s=images_per_s, resolution=window[-1]["resolution"],
-                   alpha=window[-1]["alpha"], data_skipped=int(skipped))
+                   alpha=window[-1]["alpha"], data_skipped=int(skipped),
+                   nonfinite_steps=int(sum(r.get("nonfinite", 0.0) for r in window)))
         return out
 
     def _weights_crc32(self) -> dict[str, int]:
@@ -502,8 +632,9 @@ class Trainer:
             value < best["value"] if LOWER_IS_BETTER[key] else value > best["value"])
         if better:
             path = self.save() if self.last_saved_step != self.step else self.ckpt.latest()
-            self.ckpt.mark_best(path, {"metric": key, "value": value, "step": self.step,
-                                       "kimg": self.images_seen / 1000, **results})
+            if path is not None:
+                self.ckpt.mark_best(path, {"metric": key, "value": value, "step": self.step,
+                                           "kimg": self.images_seen / 1000, **results})
         if self.is_main:
             log.info("eval at %.1f kimg: %s%s", self.images_seen / 1000,
                      ", ".join(f"{k} {v:.4g}" for k, v in results.items()
@@ -511,10 +642,32 @@ class Trainer:
                      " (best so far)" if better else "")
         return results
 
-    def save(self) -> Path:
+    def weights_finite(self) -> bool:
+        """Whether every weight of G, D and G_ema (this rank's shards) is finite, on every
+        rank."""
+        tensors = []
+        for model in (self.G, self.D, self.G_ema):
+            for p in model.parameters():
+                t = getattr(p, "ds_tensor", None)
+                t = p.to_local() if hasattr(p, "to_local") else p if t is None else t
+                if t.numel():
+                    tensors.append(t.detach())
+        local = not tensors or bool(torch.stack(
+            [n.float() for n in torch._foreach_norm(tensors, float("inf"))]).isfinite().all())
+        return not any_rank(not local)
+
+    def save(self) -> Path | None:
+        """Checkpoint the run now, on every rank; None (nothing written) when a weight is NaN or
+        inf: a checkpoint never holds non-finite weights."""
+        if not self.weights_finite():
+            if self.is_main:
+                log.error("step %d: G, D or G_ema holds NaN or inf: no checkpoint written (the "
+                          "newest with finite weights is %s)", self.step,
+                          self.ckpt.newest_finite())
+            return None
         meta = {"step": self.step, "images_seen": self.images_seen,
                 "phase": vars(self.phase()), "world_size": self.world,
-                "format": self.strategy.checkpoint_format,
+                "format": self.strategy.checkpoint_format, "finite": True,
                 "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
         rank_state = {"data": self.data.state_dict() if self.data is not None else None,
                       "weights_crc32": self._weights_crc32()}
@@ -525,29 +678,85 @@ class Trainer:
             log.info("checkpoint %s", path)
         return path
 
-    def resume(self, path: Path | None = None) -> bool:
-        """Load ``path`` (default: the newest complete checkpoint); False if there is none."""
-        path = path or self.ckpt.latest()
-        if path is None:
-            return False
-        saved = read_meta(path)
-        fmt, world = saved.get("format", "dcp"), saved["world_size"]
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint that verifies; False if the run has none.
+
+        Each candidate, newest first, is verified (meta.json's checksum, every file's size and
+        CRC32), checked against this run's config (ResumeError naming every differing key), loaded
+        through the safe loaders, and its weights compared with the per-rank CRC32 saved with it
+        (same world size and strategy). A damaged or unsafe one is reported and moved aside as
+        ``step_X.corrupt``; the next older one is tried.
+        """
+        directory = self.ckpt.directory
+        damaged = sorted(p.name for p in directory.glob("step_*.corrupt*") if p.is_dir()) \
+            if directory.is_dir() else []
+        for path in reversed(step_dirs(directory)):
+            try:
+                meta = verify(path)
+                self._check_compatible(path, meta)
+                meta, rank_state = self.ckpt.load(path, self.app_state(),
+                                                  self.strategy.load_extra)
+                self._check_weights(path, meta, rank_state)
+            except CheckpointError as e:
+                moved = self.ckpt.move_aside(path, str(e))
+                damaged.append(moved.name)
+                if self.is_main:
+                    log.error("checkpoint %s cannot be used: %s; moved aside to %s, trying the "
+                              "next older one", path, e, moved.name)
+                continue
+            self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
+            self.rng.set_state(_decode_rng(meta["rng"]))
+            if rank_state is not None and rank_state.get("data") is not None:
+                self.data = self.data or self._open_data()
+                self.data.load_state_dict(rank_state["data"])
+            if self.is_main:
+                log.info("resumed from %s at %.1f kimg (step %d)", path,
+                         self.images_seen / 1000, self.step)
+            return True
+        if damaged:
+            raise ResumeError(f"no checkpoint in {directory} can be used: {', '.join(damaged)} "
+                              f"failed verification (each *.reason.txt beside it says why); "
+                              f"nothing was deleted. To start this run over, set "
+                              f"checkpoint.resume=false checkpoint.overwrite=true")
+        return False
+
+    def _check_compatible(self, path: Path, meta: dict) -> None:
+        """ResumeError unless this run can continue ``path``: same model settings, a checkpoint
+        format this strategy reads, DeepSpeed's own world size."""
+        saved = meta["config"]
+        diffs = model_differences(saved, self.cfg)
+        if diffs:
+            raise ResumeError(f"{path} was written with other model settings than this run's: "
+                              f"{'; '.join(diffs)}. Resume with the checkpoint's values, or "
+                              f"start a new run (another name, or checkpoint.resume=false "
+                              f"checkpoint.overwrite=true)")
+        fmt, world = meta.get("format", "dcp"), meta["world_size"]
         if fmt == "deepspeed" and world != self.world:
             raise ResumeError(f"{path} was written by DeepSpeed at world size {world}; it resumes "
                               f"at that world size only, not at {self.world}")
         if fmt != self.strategy.checkpoint_format:
+            strategy = (saved.get("parallel") or {}).get("strategy", "?")
             raise ResumeError(f"{path} holds G and D in {fmt} format (parallel.strategy="
-                              f"{saved['config']['parallel']['strategy']} at {world} ranks); this "
-                              f"run ({self.strategy.name}, {self.world} rank(s)) reads "
-                              f"{self.strategy.checkpoint_format}")
-        meta, rank_state = self.ckpt.load(path, self.app_state(), self.strategy.load_extra)
-        self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
-        self.rng.set_state(_decode_rng(meta["rng"]))
-        if rank_state is not None and rank_state.get("data") is not None:
-            self.data = self.data or self._open_data()
-            self.data.load_state_dict(rank_state["data"])
-        if self.is_main:
-            log.info("resumed from %s at %.1f kimg (step %d)", path, self.images_seen / 1000,
-                     self.step)
-        return True
+                              f"{strategy} at {world} ranks); this run ({self.strategy.name}, "
+                              f"{self.world} rank(s)) reads {self.strategy.checkpoint_format}")
 
+    def _check_weights(self, path: Path, meta: dict, rank_state: dict | None) -> None:
+        """After loading at the layout that saved ``path`` (same world size and strategy): the
+        weights each rank holds must have the CRC32 saved with them; CheckpointError otherwise."""
+        saved_parallel = meta["config"].get("parallel") or {}
+        same_layout = meta["world_size"] == self.world and (
+            self.world == 1 or (saved_parallel.get("strategy") == self.cfg.parallel.strategy
+                                and saved_parallel.get("zero_stage") ==
+                                self.cfg.parallel.zero_stage))
+        problem = None
+        saved = (rank_state or {}).get("weights_crc32")
+        if same_layout and isinstance(saved, dict):
+            now = self._weights_crc32()
+            bad = [k for k in now if k in saved and saved[k] != now[k]]
+            if bad:
+                problem = (f"{path / f'rank_{self.rank:05d}.json'}: the weights of "
+                           f"{', '.join(bad)} loaded on rank {self.rank} differ from those "
+                           f"saved (CRC32)")
+        problems = [p for p in all_gather_json(problem) if p]
+        if problems:
+            raise CheckpointError("; ".join(problems))
