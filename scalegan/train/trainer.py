@@ -443,6 +443,7 @@ class Trainer:
         window: list[dict[str, float]] = []
         t0, seen0 = time.perf_counter(), self.images_seen
         steps = 0
+        save_due = False  # a checkpoint fell due during non-finite steps: write it after them
         self.stopped_by = None
         with StopSignal() as stop:
             try:
@@ -466,15 +467,21 @@ class Trainer:
                     self._check_finite(row)
                     if self._crossed(prev_seen, cfg.log.sample_every_kimg):
                         self.sample()
-                    if self._crossed(prev_seen, cfg.checkpoint.every_kimg):
+                    save_due = save_due or self._crossed(prev_seen, cfg.checkpoint.every_kimg)
+                    if save_due and not self.nonfinite_streak:  # never in a non-finite run
                         self.save()
+                        save_due = False
                     if cfg.eval.every_kimg > 0 and self._crossed(prev_seen, cfg.eval.every_kimg):
                         self.evaluate()
                 stopped = self.stopped_by is not None
                 if steps and self.last_sample_step != self.step and not stopped:
                     self.sample()
                 if steps and self.last_saved_step != self.step:
-                    self.save()
+                    if self.nonfinite_streak:
+                        log.warning("the last %d step(s) were not finite: no checkpoint written "
+                                    "after them", self.nonfinite_streak)
+                    else:
+                        self.save()
             finally:
                 progress.close()
         if self.stopped_by is not None:
@@ -504,8 +511,8 @@ class Trainer:
                 f"training diverged at step {self.step} ({self.images_seen / 1000:.3f} kimg): "
                 f"{what}, {self.nonfinite_streak} step(s) in a row (train.on_nonfinite="
                 f"{tc.on_nonfinite}, train.max_nonfinite={tc.max_nonfinite}); those updates were "
-                f"not applied and no checkpoint was written after them; the newest checkpoint "
-                f"with finite weights is {newest if newest else 'none (no checkpoint yet)'}")
+                f"not applied and no checkpoint was written since the first of them; the newest "
+                f"checkpoint is {newest if newest else 'none (no checkpoint yet)'}")
         if self.is_main:
             log.warning("step %d: %s: the update(s) of %s not applied (%d in a row, %d in all; "
                         "train.max_nonfinite=%d)", self.step, what,

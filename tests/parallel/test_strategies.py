@@ -35,12 +35,16 @@ def overrides(strategy: str, tmp_path) -> list[str]:
 
 
 class FixedBatches:
-    """Stands in for ImageStream: seeded global micro-batches, this rank's contiguous slice."""
+    """Stands in for ImageStream: seeded global micro-batches, this rank's contiguous slice.
+    With ``poison``, global batch number ``poison`` has NaN images in its second half (what the
+    second of two ranks reads)."""
 
-    def __init__(self, micro: int, rank: int, world: int, seed: int = 5):
+    def __init__(self, micro: int, rank: int, world: int, seed: int = 5,
+                 poison: int | None = None):
         self.micro, self.rank, self.world = micro, rank, world
         self.gen = torch.Generator().manual_seed(seed)
         self.resolution, self.skipped = 8, 0
+        self.poison, self.count = poison, 0
 
     def set_resolution(self, resolution: int) -> None:
         self.resolution = resolution
@@ -48,6 +52,9 @@ class FixedBatches:
     def next_batch(self):
         full = torch.rand(self.micro * self.world, 3, self.resolution, self.resolution,
                           generator=self.gen, dtype=torch.get_default_dtype()) * 2 - 1
+        if self.count == self.poison:
+            full[len(full) // 2:] = float("nan")
+        self.count += 1
         return Batch(full[self.rank * self.micro:(self.rank + 1) * self.micro], [])
 
     def close(self) -> None: ...
@@ -69,13 +76,18 @@ def train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict
         torch.set_default_dtype(previous)  # the single-process run shares pytest's process
 
 
-def _train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict:
+def _train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str],
+                 poison: int | None = None) -> dict:
     cfg = load_config(None, overrides(strategy, tmp_path) + extra)
     trainer = Trainer(cfg, env)
-    trainer.data = FixedBatches(trainer.micro_batch, env.rank, env.world_size)
-    losses = [trainer.train_step() for _ in range(STEPS)]
+    trainer.data = FixedBatches(trainer.micro_batch, env.rank, env.world_size, poison=poison)
+    losses, skipped = [], []
+    for _ in range(STEPS):
+        losses.append(trainer.train_step())
+        skipped.append(trainer.skipped_updates)
     assert {row["resolution"] for row in losses} == {8, 16}
     return {
+        "skipped": skipped,
         "losses": torch.tensor([[row["loss/D"], row["loss/G"]] for row in losses]),
         **{f"{name}.{k}": v for name, model in
            (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.G_ema))
@@ -85,7 +97,7 @@ def _train_fixed(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dic
 
 def assert_matches(single: dict, ranks: list[dict], atol: float) -> None:
     for key, want in single.items():
-        if key == "losses":
+        if key in ("losses", "skipped"):
             continue  # per-rank losses are over different halves of the batch
         for r, got in enumerate(ranks):
             torch.testing.assert_close(got[key], want, rtol=0, atol=atol,
@@ -110,6 +122,29 @@ def test_two_ranks_match_one_process(strategy, grad_accum, tmp_path):
         extra.append("train.batch_size=16")  # per-rank micro-batch stays 4 (mbstd group)
     single = train_fixed(DistEnv(), strategy, tmp_path / "single", extra)
     ranks = run_ranks(2, train_fixed, strategy, tmp_path / "multi", extra, tmp_path=tmp_path)
+    assert_matches(single, ranks, atol=ATOL[strategy])
+
+
+def train_poisoned(env: DistEnv, strategy: str, tmp_path, extra: list[str]) -> dict:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype_for(strategy, extra))
+    try:
+        return _train_fixed(env, strategy, tmp_path, extra, poison=2)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed-2", "deepspeed-3"])
+def test_nan_on_one_rank_skips_the_update_on_every_rank(strategy, tmp_path):
+    # Step 2's images are NaN on rank 1 only: its D and R1 updates must be dropped on both ranks
+    # (DeepSpeed: ZeRO's own overflow check over every partition), as one process drops them for
+    # the whole batch; before and after, the runs match as in the test above.
+    strategy, extra = _strategy_overrides(strategy)
+    single = train_poisoned(DistEnv(), strategy, tmp_path / "single", extra)
+    assert single["skipped"] == [[], [], ["D", "R1"], [], [], []]
+    ranks = run_ranks(2, train_poisoned, strategy, tmp_path / "multi", extra, tmp_path=tmp_path)
+    for result in ranks:
+        assert result["skipped"] == single["skipped"]
     assert_matches(single, ranks, atol=ATOL[strategy])
 
 
