@@ -425,7 +425,10 @@ class ImageStream:
         ``pyramid``), their sample keys and, with ``label_key``, their labels."""
         if self._iter is None:
             self._start()
-        batch = next(self._iter)
+        try:
+            batch = next(self._iter)
+        except DataError as e:  # from a worker, wrapped in torch's "Caught DataError in ..."
+            raise DataError(str(e).rstrip().rsplit("DataError: ", 1)[-1]) from None
         role = batch["role"]
         if self.num_workers:
             assert role == self.batches % self.num_roles, "DataLoader broke round-robin order"
