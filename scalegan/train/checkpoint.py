@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -332,12 +333,17 @@ def _oserror_in(error: BaseException) -> OSError | None:
         if isinstance(e, OSError):
             return e
         todo += [e.__cause__, e.__context__]
-        failures = getattr(e, "failures", None)  # CheckpointException: {rank: exception}
-        if isinstance(failures, dict):
-            for f in failures.values():
-                todo.append(f if isinstance(f, BaseException) else getattr(f, "exc_info",
-                                                                             [None, None])[1])
+        todo += _failures(e)
     return None
+
+
+def _failures(error: BaseException) -> list[BaseException]:
+    """The per-rank exceptions a DCP CheckpointException carries ({rank: (exception, trace)})."""
+    failures = getattr(error, "failures", None)
+    if not isinstance(failures, dict):
+        return []
+    return [f[0] if isinstance(f, tuple) else f for f in failures.values()
+            if isinstance(f, (tuple, BaseException))]
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -394,7 +400,7 @@ class CheckpointManager:
                 if write_extra is not None:
                     write_extra(tmp)
                 _write_json(tmp / f"rank_{rank:05d}.json", rank_state)
-            except Exception as e:  # noqa: BLE001 - every failure is agreed on, then raised
+            except (Exception, CheckpointException) as e:  # noqa: BLE001 - agreed on, then raised
                 error = e
         _test_pause(step)
         if not any_rank(error is not None):
@@ -543,7 +549,7 @@ class CheckpointManager:
             load_dcp(path, app_state)
             if read_extra is not None:
                 read_extra(path)
-        except Exception as e:  # noqa: BLE001 - reported on every rank below
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - reported on every rank
             problem = _load_problem(path, e)
         problems = all_gather_json(problem)
         if any(problems):
@@ -568,12 +574,9 @@ def _load_problem(path: Path, error: BaseException) -> str:
         seen.add(id(e))
         if isinstance(e, (UnsafeCheckpointError, CheckpointError)):
             return str(e)
-        todo += [e.__cause__, e.__context__]
-        failures = getattr(e, "failures", None)
-        if isinstance(failures, dict):
-            for f in failures.values():
-                inner = f if isinstance(f, BaseException) else getattr(f, "exc_info", None)
-                todo.append(inner[1] if isinstance(inner, tuple) else inner)
+        todo += [e.__cause__, e.__context__, *_failures(e)]
+    inner = _failures(error)
+    error = inner[0] if inner else error
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{path} could not be loaded ({type(error).__name__}: {first[:300]})"
 
