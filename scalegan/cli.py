@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -78,34 +79,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     except DataError as e:
         return _fail(str(e))
 
-    from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
     from scalegan.parallel.env import init_distributed, shutdown
-    from scalegan.train.checkpoint import CheckpointError, DiskFullError, ResumeError
-    from scalegan.train.preemption import EXIT_INTERRUPTED, EXIT_REQUEUE
-    from scalegan.train.rundir import RunDirError
-    from scalegan.train.trainer import DivergenceError, Trainer
+    from scalegan.train.preemption import EXIT_INTERRUPTED, EXIT_REQUEUE, StopSignal
 
-    env = init_distributed()
-    try:
+    # from here on a stop signal is recorded, not fatal: one during set-up stops the run before
+    # its first step
+    with StopSignal() as stop:
+        env = init_distributed()
         try:
-            trainer = Trainer(cfg, env)
-        except (MissingWeightsError, WeightsLoadError) as e:
-            return _fail(str(e))
-        if env.is_main:
-            print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
-                  f"{trainer.strategy.name}", file=sys.stderr)
-        try:
-            status = trainer.train(max_steps=args.max_steps)
-        except (DataError, ResumeError, RunDirError, CheckpointError) as e:
-            return _fail(str(e))
-        except DivergenceError as e:
-            return _fail(str(e), EXIT_DIVERGED)
-        except DiskFullError as e:
-            return _fail(e.strerror, EXIT_DISK_FULL)
-        finally:
-            trainer.close()
-    finally:
+            status = _train(cfg, args, env, stop)
+        except BaseException:  # this rank alone: the others may wait in a collective
+            shutdown(env, barrier=False)
+            raise
         shutdown(env)
+    # Everything is written and the process group is gone; a distributed rank then leaves without
+    # the interpreter's teardown, where the collectives' threads occasionally abort the process
+    # ("terminate called without an active exception", exit 134 instead of 3: no requeue).
+    args.exit_at_once = env.distributed
+    if isinstance(status, int):
+        return status
     if status in ("preempted", "interrupted"):
         code = EXIT_REQUEUE if status == "preempted" else EXIT_INTERRUPTED
         if env.is_main:
@@ -125,6 +117,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     if wandb_runs:
         print(f"W&B run       : {wandb_runs[-1]}")
     return 0
+
+
+def _train(cfg, args: argparse.Namespace, env, stop) -> int | str:
+    """Build the trainer and train: the status of ``Trainer.train``, or an exit code after an
+    error that every rank reports alike."""
+    from scalegan.data.pipeline import DataError
+    from scalegan.metrics.features import MissingWeightsError, WeightsLoadError
+    from scalegan.train.checkpoint import CheckpointError, DiskFullError, ResumeError
+    from scalegan.train.rundir import RunDirError
+    from scalegan.train.trainer import DivergenceError, Trainer
+
+    try:
+        trainer = Trainer(cfg, env)
+    except (MissingWeightsError, WeightsLoadError) as e:
+        return _fail(str(e))
+    if env.is_main:
+        print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
+              f"{trainer.strategy.name}", file=sys.stderr)
+    try:
+        return trainer.train(max_steps=args.max_steps, stop=stop)
+    except (DataError, ResumeError, RunDirError, CheckpointError) as e:
+        return _fail(str(e))
+    except DivergenceError as e:
+        return _fail(str(e), EXIT_DIVERGED)
+    except DiskFullError as e:
+        return _fail(e.strerror, EXIT_DISK_FULL)
+    finally:
+        trainer.close()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -269,10 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:  # Ctrl-C outside training's own handling (or pressed twice)
         print("scalegan: interrupted", file=sys.stderr)
         return 130
+    if getattr(args, "exit_at_once", False):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

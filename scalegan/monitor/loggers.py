@@ -6,6 +6,7 @@ runs with ``log.wandb=disabled`` never touch it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -96,13 +97,20 @@ def run_id_for(run_dir: Path) -> str:
 
 
 class WandbLogger(Logger):
-    """Scalars, images and the config to a W&B run whose files live in ``<run_dir>/wandb``."""
+    """Scalars, images and the config to a W&B run whose files live in ``<run_dir>/wandb``.
+
+    W&B runs a service process beside the trainer, which a signal to the whole job step (Slurm's
+    scancel, preemption, time limit) stops as well. A failure of W&B during the run is therefore
+    reported once and turns W&B off: metrics.jsonl goes on, and so does training (and the
+    checkpoint the signal asks for). The next part of the job resumes the same W&B run.
+    """
 
     def __init__(self, run_dir: Path, project: str, name: str, config: dict, mode: str,
                  group: str | None = None):
         import wandb  # lazy: heavy import, and optional for disabled runs
 
         self._wandb = wandb
+        self.failed = False
         self.mode = resolve_wandb_mode(mode)
         self.run = wandb.init(project=project, name=name, id=run_id_for(run_dir), resume="allow",
                               dir=str(run_dir), config=config, mode=self.mode, group=group,
@@ -111,14 +119,28 @@ class WandbLogger(Logger):
                                                       x_disable_machine_info=True))
         self.run_path = Path(self.run.dir).parent if self.mode != "disabled" else None
 
+    def _guard(self, what: str, fn) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - monitoring must never stop training
+            log.warning("W&B failed while %s (%s: %s): W&B is off for the rest of this run; "
+                        "metrics.jsonl goes on", what, type(e).__name__, e)
+            self.run, self.failed = None, True
+
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self.run.log(scalars, step=step)
+        self._guard("logging scalars", lambda: self.run.log(scalars, step=step))
 
     def log_image(self, step: int, key: str, path: Path) -> None:
-        self.run.log({key: self._wandb.Image(str(path))}, step=step)
+        self._guard("logging an image",
+                    lambda: self.run.log({key: self._wandb.Image(str(path))}, step=step))
 
     def close(self) -> None:
-        self.run.finish()
+        self._guard("finishing the run", lambda: self.run.finish())
+        self.run = None
+        with contextlib.suppress(Exception):  # stop W&B's service now, not in an exit hook
+            self._wandb.teardown()
 
 
 class MultiLogger(Logger):

@@ -86,8 +86,11 @@ def init_distributed(environ: dict | None = None) -> DistEnv:
     return DistEnv(rank, world, local_rank, device, backend)
 
 
-def shutdown(env: DistEnv) -> None:
-    """Tear the process group down; the barrier first avoids aborts at exit seen with gloo."""
+def shutdown(env: DistEnv, barrier: bool = True) -> None:
+    """Tear the process group down; the barrier first avoids aborts at exit seen with gloo. Without
+    ``barrier`` (this rank is failing on its own: the others may be waiting in a collective it
+    will never join), the group is torn down at once."""
     if env.distributed and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -420,13 +420,14 @@ class Trainer:
             return None
         return batches
 
-    def train(self, max_steps: int | None = None) -> str:
+    def train(self, max_steps: int | None = None, stop: StopSignal | None = None) -> str:
         """Train until ``train.total_kimg`` (or ``max_steps`` more steps), resuming if possible.
 
         Returns ``"done"``, ``"max_steps"``, ``"preempted"`` (SIGUSR1 / SIGTERM) or
         ``"interrupted"`` (SIGINT): the signal stopped the run between two steps and every rank
         wrote a checkpoint. Raises DivergenceError when the losses stay non-finite (see
-        ``train.on_nonfinite``): no checkpoint is written then.
+        ``train.on_nonfinite``): no checkpoint is written then. ``stop``: a StopSignal already
+        installed (by the caller, around set-up); by default one is installed for the loop.
         """
         cfg = self.cfg
         if self.run_directory is None:
@@ -445,7 +446,7 @@ class Trainer:
         steps = 0
         save_due = False  # a checkpoint fell due during non-finite steps: write it after them
         self.stopped_by = None
-        with StopSignal() as stop:
+        with contextlib.nullcontext(stop) if stop is not None else StopSignal() as stop:
             try:
                 while self.images_seen < total and (max_steps is None or steps < max_steps):
                     batches = self.fetch(stop)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def train_args(tmp_path: Path, name: str, total_steps: int) -> list[str]:
+def train_args(tmp_path: Path, name: str, total_steps: int, workers: int = 0) -> list[str]:
     shards = tmp_path / "shards"
     if not shards.exists():
         write_shards(shards, num_shards=4, per_shard=8, resolution=16)
@@ -31,6 +31,7 @@ def train_args(tmp_path: Path, name: str, total_steps: int) -> list[str]:
         "train.batch_size=8", f"train.total_kimg={total_steps * 8 / 1000}",
         "train.schedule.stable_kimg=0.4", "train.schedule.fade_kimg=0.4", "log.every_steps=1",
         "log.wandb=offline", "log.progress=false", "checkpoint.every_kimg=0.4",
+        f"data.num_workers={workers}",
     ]
 
 
@@ -79,8 +80,8 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
         time.sleep(0.5)
     slurm.run("scancel", "--signal=USR1", "--batch", job)
     # the job writes a checkpoint, exits 3, requeues itself and runs to the end. Slurm holds a
-    # requeued job back for about two minutes (forcing an earlier start races the old job's
-    # cleanup: "Job credential revoked").
+    # requeued job back for cred_expire (5 s in this cluster's slurm.conf; forcing an earlier
+    # start races the old job's cleanup: "Job credential revoked").
     slurm.wait(job, ("PENDING", "REQUEUED"), timeout=120)
     state = slurm.wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=600)
     text = log.read_text()
@@ -94,6 +95,32 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     runs = sorted((tmp_path / "runs" / "pre" / "wandb").glob("offline-run-*"))
     ids = {p.name.rsplit("-", 1)[1] for p in runs}
     assert len(runs) == 2 and len(ids) == 1  # both parts logged to the same W&B run
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_to_every_process_of_the_step_requeues_and_resumes(slurm, tmp_path, workers):
+    # what preemption and the time limit do, and `scancel --signal=TERM JOB.0`: every process of
+    # the step (trainers, their DataLoader workers, W&B's service) gets SIGTERM at once
+    total = 150
+    args = train_args(tmp_path, "step", total_steps=total, workers=workers) + [
+        "model.channel_base=2048", "model.channel_max=128"]  # steps of ~0.1 s
+    job, log = submit(slurm, tmp_path, args)
+    deadline = time.time() + 300
+    while len(rows(tmp_path, "step")) < 5:
+        assert time.time() < deadline, log.read_text()[-4000:] if log.exists() else "no log"
+        time.sleep(0.3)
+    slurm.run("scancel", "--signal=TERM", f"{job}.0")
+    slurm.wait(job, ("PENDING", "REQUEUED"), timeout=120)
+    state = slurm.wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=600)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-4000:]
+    assert "tasks 0-1: Exited with exit code 3" in text and "requeueing" in text
+    assert "start 1:" in text and "DataLoader worker" not in text
+    seen = [r["images_seen"] for r in rows(tmp_path, "step")]
+    assert seen == [8 * k for k in range(1, total + 1)]  # no gap, no repeat across both parts
+    stopped_at = next(int(line.split("(step ")[1].split(")")[0])
+                      for line in text.splitlines() if "resumed from" in line)
+    assert 5 <= stopped_at < total
 
 
 def test_kill_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_shards
+from hostile import poison_torch_file, resign
 from parallel.spawn import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +93,36 @@ def test_same_world_size_resume_gives_identical_losses(tmp_path, strategy):
     straight = [tuple(r.get(k) for k in keys) for r in _rows(tmp_path, "straight")]
     split = [tuple(r.get(k) for k in keys) for r in _rows(tmp_path, "split")]
     assert len(straight) == 4 and split == straight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files", ["model_states", "optim_states"])
+def test_deepspeed_files_with_a_payload_are_refused(tmp_path, files):
+    # DeepSpeed's own loader would torch.load its files with weights_only=False
+    _train(tmp_path, "ds", 2, steps=2, strategy="deepspeed-2")
+    latest = (tmp_path / "runs" / "ds" / "checkpoints" / "latest").resolve()
+    marker = tmp_path / "PWNED"
+    poisoned = sorted((latest / "deepspeed_G").glob(f"*{files}.pt"))
+    assert poisoned
+    for f in poisoned:
+        poison_torch_file(f, marker)
+    resign(latest)  # an attacker who recomputes the checksums
+
+    resumed = _train(tmp_path, "ds", 2, steps=1, strategy="deepspeed-2", check=False)
+    # every rank exits 2 (torchrun itself then reports the failure with exit status 1)
+    assert resumed.returncode != 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("scalegan: error: no checkpoint in") == 2
+    assert f"{poisoned[0]} asks to load posix.system" in resumed.stderr
+    assert "refusing to load it" in resumed.stderr and "moved aside" in resumed.stderr
+    assert latest.with_name(latest.name + ".corrupt").is_dir()  # kept, not deleted
+    assert not marker.exists()
+
+    # generate and eval read only G_ema's DCP tensors: they never open DeepSpeed's files
+    aside = latest.with_name(latest.name + ".corrupt")
+    shutil.move(aside, latest)
+    for cmd in (["generate", str(latest), "--num", "4", "--out", str(tmp_path / "g.png")],
+                ["eval", str(latest), "--extractor", "random", "--num-fake", "8"]):
+        proc = subprocess.run([sys.executable, "-m", "scalegan.cli", *cmd], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists()
