@@ -208,6 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _fail(str(e))
     finally:
         shutdown(env)
+    args.exit_at_once = env.distributed  # as for train: no interpreter teardown after gloo
     if not env.is_main:
         return 0
     print(f"{path} at {phase.resolution}x{phase.resolution}: {int(results['num_fake'])} "
