@@ -11,8 +11,10 @@ STAMP  := $(VENV)/.installed
 
 DEMO_DATA := data/demo_faces32
 DEMO_CFG  := configs/demo_faces32_pggan.yaml
+STACK_DATA := data/demo_faces64
+STACK_CFG  := configs/demo_faces64_stackgan.yaml
 
-.PHONY: demo test install clean-demo
+.PHONY: demo demo-stackgan test install clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +31,15 @@ $(DEMO_DATA)/index.json: | $(STAMP)
 demo: $(STAMP) $(DEMO_DATA)/index.json
 	$(BIN)/scalegan train $(DEMO_CFG) $(ARGS)
 
+$(STACK_DATA)/index.json: | $(STAMP)
+	$(BIN)/scalegan pack demo $(STACK_DATA) --resolution 64
+
+# StackGAN-v2, three stages 16^2 -> 64^2 on the same faces
+demo-stackgan: $(STAMP) $(STACK_DATA)/index.json
+	$(BIN)/scalegan train $(STACK_CFG) $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean-demo:
-	rm -rf $(DEMO_DATA) runs/demo_faces32
+	rm -rf $(DEMO_DATA) runs/demo_faces32 $(STACK_DATA) runs/demo_faces64_stackgan

@@ -69,7 +69,9 @@ class ModelConfig:
     """StackGAN: image side of the first stage (64 as published); the model has
     log2(resolution / base_resolution) + 1 stages: 3 at 256^2, 5 at 1024^2."""
     gf_dim: int = 64
-    """StackGAN: G's feature maps at the first stage (16x that at 4x4; halved per later stage)."""
+    """StackGAN: G's feature maps at the first stage, doubled per halving of the resolution
+    down to 4x4 (16x at a 64^2 base, as published; 4x at a 16^2 base), halved per later
+    stage."""
     df_dim: int = 64
     """StackGAN: each stage D's feature maps after its first convolution (doubled per
     downsampling, up to 8x)."""

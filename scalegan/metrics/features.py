@@ -156,12 +156,22 @@ class InceptionFeatures:
 
 
 class RandomConvFeatures(nn.Module):
-    """Fixed random conv net: three 3x3 stride-2 convs (LeakyReLU 0.2) and a global average pool.
+    """Fixed random conv net that keeps where things are in the image.
+
+    The image is resized to ``SIZE`` x ``SIZE`` (``resize_for_extractor``), then a 3x3 conv and
+    three 3x3 stride-2 convs (widths ``width``, 2, 4, 4 x ``width``, LeakyReLU 0.2) give an 8x8
+    map, averaged down to 4x4, flattened and projected to ``feature_dim`` by a fixed Gaussian
+    matrix. Pooling to a grid rather than to one vector keeps the layout: with a global average
+    the features could not tell a face from its parts scattered (measured on the demo faces at
+    32^2: real faces against blotchy noise-like samples scored 0.2, against real faces 0.1).
 
     He-initialised from ``torch.Generator().manual_seed(seed)``, never trained: the same seed
     gives the same features on every machine and run. For tests and quick CPU evaluation; its
     FIDs are not comparable with published FIDs (or across seeds / ``feature_dim``).
     """
+
+    SIZE = 64
+    GRID = 4
 
     def __init__(self, in_channels: int = 3, feature_dim: int = 64, seed: int = 0,
                  width: int = 32) -> None:
@@ -169,17 +179,23 @@ class RandomConvFeatures(nn.Module):
         self.in_channels = in_channels
         self.feature_dim = feature_dim
         generator = torch.Generator().manual_seed(seed)
-        channels = [in_channels, width, 2 * width, feature_dim]
+        channels = [in_channels, width, 2 * width, 4 * width, 4 * width]
+        self.strides = (1, 2, 2, 2)
         for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
             weight = torch.randn(c_out, c_in, 3, 3, generator=generator) * (2 / (9 * c_in)) ** 0.5
             self.register_buffer(f"weight{i}", weight)  # buffers: moved by .to(), never trained
+        flat = channels[-1] * self.GRID ** 2
+        self.register_buffer("projection",
+                             torch.randn(flat, feature_dim, generator=generator) / flat ** 0.5)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels or 1, H, W)`` in [-1, 1] -> ``(N, feature_dim)``."""
         x = _match_channels(images, self.in_channels, "RandomConvFeatures").float()
-        for weight in (self.weight0, self.weight1, self.weight2):
-            x = F.leaky_relu(F.conv2d(x, weight, stride=2, padding=1), 0.2)
-        return x.mean(dim=(2, 3))
+        x = resize_for_extractor(x, self.SIZE)
+        for i, stride in enumerate(self.strides):
+            x = F.leaky_relu(F.conv2d(x, getattr(self, f"weight{i}"), stride=stride, padding=1),
+                             0.2)
+        return F.adaptive_avg_pool2d(x, self.GRID).flatten(1) @ self.projection
 
 
 def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,

@@ -271,7 +271,8 @@ class Trainer:
                 scales = [x.mean(1, keepdim=True) for x in scales]
             scales = [x.to(self.device) for x in scales]
             n = scales[0].shape[0]
-            real = scales if isinstance(batch.images, list) else scales[0]
+            # StackGAN takes one image per stage, even with a single stage
+            real = scales if isinstance(batch.images, list) or mc.arch == "stackgan" else scales[0]
             mb = MicroBatch(real, self.latents(n), self.latents(n))
             if mc.condition != "none":
                 mb.cond = batch.labels.to(self.device)
