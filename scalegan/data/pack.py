@@ -39,7 +39,6 @@ import re
 import shutil
 import stat
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from scalegan.fs import fsync_dir
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -419,20 +420,6 @@ def _write_index(directory: Path, index: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable (renames and new files in it)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # a few filesystems cannot fsync a directory
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
 # --- The output directory: checked up front, built beside OUT, swapped in at the end --------
 
 
@@ -468,11 +455,6 @@ def _temp_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.packing-{os.getpid()}"
 
 
-# Build directories in use by packs running in this process (another thread may be packing).
-_ACTIVE: set[Path] = set()
-_ACTIVE_LOCK = threading.Lock()
-
-
 def _pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists; True when that cannot be told (never delete then)."""
     if pid == os.getpid():
@@ -499,14 +481,9 @@ def _remove_dead_temp_dirs(out: Path) -> None:
         match = pattern.match(entry.name)
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
-        pid, path = int(match.group(1)), Path(entry.path)
-        if pid == os.getpid():
-            with _ACTIVE_LOCK:
-                stale = path.with_name(path.name.removesuffix(".old")) not in _ACTIVE
-        else:
-            stale = not _pid_alive(pid)
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):  # this process's own: see _pack
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _prepare_out(out: str | os.PathLike) -> Path:
@@ -567,7 +544,7 @@ def _swap_in(new: Path, out: Path) -> Path | None:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise  # else OUT appeared meanwhile: swap with it below
         else:
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
             return None
     try:
         _exchange(new, out)
@@ -575,7 +552,7 @@ def _swap_in(new: Path, out: Path) -> Path | None:
         if exc.errno not in _NO_EXCHANGE:
             raise
     else:
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         return new
     old = new.with_name(new.name + ".old")
     shutil.rmtree(old, ignore_errors=True)  # a leftover of this pid that is not in use
@@ -585,7 +562,7 @@ def _swap_in(new: Path, out: Path) -> Path | None:
     except BaseException:
         os.rename(old, out)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return old
 
 
@@ -601,17 +578,8 @@ def _pack(
     On any error the build directory is removed and ``out`` is left as it was.
     """
     real_out = _real_out(out)
-    build = _temp_dir(real_out)
-    with _ACTIVE_LOCK:
-        if build in _ACTIVE:
-            raise PackError(f"another pack into {out} is already running in this process")
-        _ACTIVE.add(build)
-    try:
-        return _pack_into(samples, out, real_out, build, resolution, shard_size, fit, verbose,
-                          what, labels, classes, label_kind, attribute_dim)
-    finally:
-        with _ACTIVE_LOCK:
-            _ACTIVE.discard(build)
+    return _pack_into(samples, out, real_out, _temp_dir(real_out), resolution, shard_size, fit,
+                      verbose, what, labels, classes, label_kind, attribute_dim)
 
 
 def _pack_into(
@@ -651,7 +619,7 @@ def _pack_into(
         if classes is not None:
             index["classes"] = classes
         _write_index(build, index)
-        _fsync_dir(build)
+        fsync_dir(build)
         if real_out.is_dir():
             _check_only_ours(real_out)  # again: something may have been put there meanwhile
             with contextlib.suppress(OSError):  # keep OUT's permissions
@@ -664,7 +632,6 @@ def _pack_into(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # a failure here leaves it to the next pack
     return PackSummary(sink.total, resolution, sink.shards, skipped, str(out))
-
 
 
 # --------------------------------------------------------------------------------------------

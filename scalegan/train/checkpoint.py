@@ -48,6 +48,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from scalegan.fs import fsync_dir
 from scalegan.train.safe_load import (
     SafeFileSystemReader,
     SafeLoadPlanner,
@@ -170,14 +171,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def file_crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -209,6 +202,13 @@ def step_dirs(directory: Path) -> list[Path]:
         return []
     found = [p for p in directory.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def damaged_dirs(directory: Path) -> list[Path]:
+    """Checkpoints that failed verification and were moved aside (``step_X.corrupt``)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("step_*.corrupt*") if p.is_dir())
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -322,28 +322,25 @@ def verify(path: Path, scope: str = "all") -> dict:
     return meta
 
 
-def _oserror_in(error: BaseException) -> OSError | None:
-    """The OSError behind ``error`` (DCP wraps each rank's failure), if any."""
+def _causes(error: BaseException):
+    """``error`` and every exception behind it: causes, contexts, and the per-rank failures a
+    DCP CheckpointException carries ({rank: (exception, trace)})."""
     seen, todo = set(), [error]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError):
-            return e
-        todo += [e.__cause__, e.__context__]
-        todo += _failures(e)
-    return None
+        yield e
+        failures = getattr(e, "failures", None)
+        inner = [f[0] if isinstance(f, tuple) else f for f in failures.values()] \
+            if isinstance(failures, dict) else []
+        todo += [e.__cause__, e.__context__, *[f for f in inner if isinstance(f, BaseException)]]
 
 
-def _failures(error: BaseException) -> list[BaseException]:
-    """The per-rank exceptions a DCP CheckpointException carries ({rank: (exception, trace)})."""
-    failures = getattr(error, "failures", None)
-    if not isinstance(failures, dict):
-        return []
-    return [f[0] if isinstance(f, tuple) else f for f in failures.values()
-            if isinstance(f, (tuple, BaseException))]
+def _oserror_in(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``, if any."""
+    return next((e for e in _causes(error) if isinstance(e, OSError)), None)
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -419,11 +416,11 @@ class CheckpointManager:
                 try:
                     meta = {**meta, "files": manifest}
                     _write_json(tmp / META, {**meta, "checksum": _meta_checksum(meta)})
-                    _fsync_dir(tmp)
+                    fsync_dir(tmp)
                     if final.exists():  # a re-save of the same step (e.g. after a resume)
                         shutil.rmtree(final)
                     os.replace(tmp, final)
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
                     self._point_latest(final)
                     self._prune()
                 except OSError as e:
@@ -565,18 +562,16 @@ class CheckpointManager:
 
 
 def _load_problem(path: Path, error: BaseException) -> str:
-    """One line naming what failed while loading ``path``."""
-    todo, seen = [error], set()
-    while todo:  # the unsafe-class refusal, wherever DCP wrapped it
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (UnsafeCheckpointError, CheckpointError)):
-            return str(e)
-        todo += [e.__cause__, e.__context__, *_failures(e)]
-    inner = _failures(error)
-    error = inner[0] if inner else error
+    """One line naming what failed while loading ``path``: the unsafe-class refusal wherever DCP
+    wrapped it, else the first failure."""
+    refusal = next((e for e in _causes(error)
+                    if isinstance(e, (UnsafeCheckpointError, CheckpointError))), None)
+    if refusal is not None:
+        return str(refusal)
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException: the first rank's
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        error = inner[0] if isinstance(inner, tuple) else inner
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{path} could not be loaded ({type(error).__name__}: {first[:300]})"
 

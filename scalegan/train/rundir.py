@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from scalegan.train.checkpoint import _rank, all_gather_json, step_dirs
+from scalegan.train.checkpoint import _rank, all_gather_json, damaged_dirs, step_dirs
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class RunDirectory:
 
     def _check_history(self, resume: bool, overwrite: bool) -> None:
         checkpoints = self.path / "checkpoints"
-        old = [p.name for p in step_dirs(checkpoints)]
-        if checkpoints.is_dir():
-            old += sorted(p.name for p in checkpoints.glob("step_*.corrupt*") if p.is_dir())
+        old = [p.name for p in step_dirs(checkpoints) + damaged_dirs(checkpoints)]
         if resume or not old:
             return
         if not overwrite:

@@ -46,6 +46,7 @@ from scalegan.train.checkpoint import (
     ResumeError,
     all_gather_json,
     any_rank,
+    damaged_dirs,
     step_dirs,
     verify,
 )
@@ -697,8 +698,7 @@ class Trainer:
         ``step_X.corrupt``; the next older one is tried.
         """
         directory = self.ckpt.directory
-        damaged = sorted(p.name for p in directory.glob("step_*.corrupt*") if p.is_dir()) \
-            if directory.is_dir() else []
+        damaged = [p.name for p in damaged_dirs(directory)]
         for path in reversed(step_dirs(directory)):
             try:
                 meta = verify(path)
