@@ -25,6 +25,15 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from scalegan.data.pack import PackError, pack_folder
 
     try:
+        from scalegan.data.demo import DEMO_SETS
+
+        if args.src in DEMO_SETS:
+            fn, default = DEMO_SETS[args.src]
+            summaries = fn(args.out, resolution=args.resolution or default,
+                           **({} if args.shard_size is None else {"shard_size": args.shard_size}))
+            for part, summary in summaries.items():
+                print(f"{part}: {summary.to_text()}")
+            return 0
         if args.src == "demo":
             from scalegan.data.demo import pack_demo
 
@@ -43,14 +52,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _describe_models(cfg) -> str:
-    from scalegan.models import build_models, count_parameters
+    from scalegan.families import build_family
 
-    G, D = build_models(cfg.model)
-    g, d = count_parameters(G), count_parameters(D)
-    size = ("2-D points" if cfg.model.arch == "mlp"
-            else f"{cfg.model.resolution}x{cfg.model.resolution}")
-    return (f"model {cfg.model.arch} {size}: "
-            f"G {g:,} parameters ({g / 1e6:.1f}M), D {d:,} parameters ({d / 1e6:.1f}M)")
+    family = build_family(cfg)
+    return family.describe(family.build_networks())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -65,12 +70,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_describe_models(cfg))
         return 0
     try:
-        if cfg.data.source == "shards":  # what the data says must fit the model: before any step
-            mc = cfg.model
-            expand_shards(cfg.data.shards, allow_unindexed=cfg.data.allow_unindexed)
-            check_pack(cfg.data.shards, mc.resolution, img_channels=mc.img_channels,
-                       condition=mc.condition, embedding_dim=mc.embedding_dim,
-                       num_classes=mc.num_classes)
+        from scalegan.families import build_family
+
+        mc = cfg.model
+        # what the data says must fit the model: before any step
+        for spec in build_family(cfg).streams().values():
+            if spec.points is None:
+                expand_shards(spec.shards, key=spec.key,
+                              allow_unindexed=cfg.data.allow_unindexed)
+                check_pack(spec.shards, mc.resolution, img_channels=mc.img_channels,
+                           key=spec.key, **spec.check)
+        if cfg.data.source == "shards":
             if cfg.eval.every_kimg > 0 and cfg.eval.real:
                 expand_shards(cfg.eval.real, key="eval.real",
                               allow_unindexed=cfg.data.allow_unindexed)
@@ -159,10 +169,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         paths = generate(args.checkpoint, num=args.num, out=args.out, seed=args.seed,
                          individual=args.individual, label=args.label, embedding=embedding,
-                         stages=args.stages)
+                         stages=args.stages, input=args.input, direction=args.direction)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
-    print(f"wrote {paths[0]}" if len(paths) == 1 else f"wrote {len(paths)} images to {args.out}")
+    print(f"wrote {paths[0]}" if len(paths) == 1 and args.input is None
+          else f"wrote {len(paths)} images to {args.out}")
     return 0
 
 
@@ -195,15 +206,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not ec.real and not cfg.data.shards:
         return _fail("--real is required: the checkpoint's config has no data.shards")
 
-    from scalegan.generate import load_generator
+    from scalegan.generate import load_inference
 
     env = init_distributed()
     try:
-        extractor = extractor_for(ec, env.device)
-        G, _ = load_generator(path, meta)
-        G.to(env.device)
+        family, nets, _ = load_inference(path, meta)
+        extractor = None if family.metrics else extractor_for(ec, env.device)
+        for net in nets.values():
+            net.to(env.device)
         phase = Phase(meta["phase"]["resolution"], meta["phase"]["alpha"])
-        results, _ = evaluate(G, cfg, phase, env, extractor, ec=ec)
+        results, _ = evaluate(nets, cfg, phase, env, extractor, ec=ec, family=family)
     except (MissingWeightsError, WeightsLoadError, DataError, ValueError) as e:
         return _fail(str(e))
     finally:
@@ -211,8 +223,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.exit_at_once = env.distributed  # as for train: no interpreter teardown after gloo
     if not env.is_main:
         return 0
-    print(f"{path} at {phase.resolution}x{phase.resolution}: {int(results['num_fake'])} "
-          f"generated vs {int(results['num_real'])} real images, {ec.extractor} features")
+    if family.metrics:
+        print(f"{path} at {phase.resolution}x{phase.resolution}: model.arch={cfg.model.arch} "
+              f"on held-out images")
+    else:
+        print(f"{path} at {phase.resolution}x{phase.resolution}: {int(results['num_fake'])} "
+              f"generated vs {int(results['num_real'])} real images, {ec.extractor} features")
     for key, value in results.items():
         if not key.startswith(("num_", "real_")):
             print(f"{key:10s} {value:.6g}")
@@ -226,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pack", help="image folder (or 'demo') -> WebDataset tar shards")
-    p.add_argument("src", help="folder of jpg/png/webp/bmp images, or 'demo' for built-in faces")
+    p.add_argument("src", help="folder of jpg/png/webp/bmp images, 'demo' for built-in faces, "
+                               "or a built-in set with held-out parts: demo-split (faces), "
+                               "demo-domains (faces and negatives), demo-digits (8x8 digits)")
     p.add_argument("out", help="output directory for NNNNNN.tar shards and index.json")
     p.add_argument("--resolution", type=int, default=None, help="square side in pixels")
     p.add_argument("--shard-size", type=int, default=None, help="samples per shard (1000)")
@@ -257,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated attribute vector (models with model.condition=embedding)")
     p.add_argument("--stages", choices=("final", "all"), default="final",
                    help="StackGAN: the last stage only, or every stage side by side")
+    p.add_argument("--input", default=None,
+                   help="a folder of images to translate / upscale / reconstruct (families that "
+                        "take images: cyclegan, srgan, aae); one output per input in --out")
+    p.add_argument("--direction", default=None,
+                   help="two-way translators (cyclegan): a2b (default) or b2a")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="FID / KID / precision-recall of a checkpoint's G_ema")

@@ -146,6 +146,9 @@ class DataConfig:
     shards: str = ""
     """Training shards: a directory holding index.json (as written by `scalegan pack`), a brace
     pattern such as 'shards/{000000..000031}.tar', or a comma-separated list of tar paths."""
+    shards_b: str = ""
+    """A second shard set, for families that read two unpaired data sets (CycleGAN's domain B;
+    data.shards is domain A); same forms as data.shards."""
     num_workers: int = 2
     """DataLoader worker processes per rank (0 decodes in the training process)."""
     shuffle_buffer: int = 1000
@@ -259,6 +262,9 @@ class TrainConfig:
     with exit status 4 after ``max_nonfinite`` such steps in a row."""
     max_nonfinite: int = 10
     """Consecutive non-finite steps after which the run stops as diverged (exit status 4)."""
+    pretrain_kimg: float = 0.0
+    """Thousands of images of a family's pre-training phase before its adversarial phases
+    (SRGAN: the MSE-only SRResNet training); families without one ignore it."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
@@ -267,6 +273,7 @@ class TrainConfig:
         _check(self.on_nonfinite in ("skip", "stop", "rollback"), "train.on_nonfinite",
                self.on_nonfinite, "skip | stop | rollback")
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", self.max_nonfinite, ">= 1")
+        _check(self.pretrain_kimg >= 0, "train.pretrain_kimg", self.pretrain_kimg, ">= 0")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, ">= 1")
         _check(self.batch_size % self.grad_accum == 0, "train.grad_accum", self.grad_accum,
@@ -364,6 +371,9 @@ class EvalConfig:
     """Comma-separated metrics: fid, kid, pr (precision/recall). The first one ranks checkpoints."""
     real: str = ""
     """Shards of the real images (as data.shards); empty: data.shards."""
+    real_b: str = ""
+    """Families that read two data sets (CycleGAN): held-out shards of the second (domain B);
+    ``real`` is then domain A's."""
     num_real: int = 0
     """Real images used (the first ones in shard order; 0: all of them)."""
     num_fake: int = 10000
@@ -412,6 +422,8 @@ class Config:
     runs_dir: str = "runs"
     """Parent directory of run directories."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The model section: its dataclass is the family's of ``model.arch`` (``ModelConfig`` for
+    progressive, dcgan, stackgan and mlp; each other family declares its own)."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -426,19 +438,12 @@ class Config:
                and self.name not in (".", ".."), "name", self.name,
                "a non-empty name without '/', other than '.' and '..' (a directory inside "
                "runs_dir)")
-        if self.model.arch == "progressive":
-            _check(self.train.schedule.start_resolution <= self.model.resolution,
-                   "train.schedule.start_resolution", self.train.schedule.start_resolution,
-                   f"<= model.resolution={self.model.resolution}")
-        _check((self.model.arch == "mlp") == (self.data.source == "points"), "data.source",
+        from scalegan.families import family_class
+
+        family = family_class(self.model.arch)
+        _check(family.point_data == (self.data.source == "points"), "data.source",
                self.data.source, "points with model.arch=mlp (2-D samples), and only then")
-        _check(self.eval.every_kimg == 0 or self.model.arch != "mlp", "eval.every_kimg",
-               self.eval.every_kimg, "0 with model.arch=mlp (2-D runs log modes/covered "
-               "and modes/high_quality with each sample instead)")
-        if self.model.arch == "stackgan":
-            # StackGAN's joint loss is the logistic (non-saturating) one of every stage
-            _check(self.loss.kind == "nonsaturating", "loss.kind", self.loss.kind,
-                   "nonsaturating with model.arch=stackgan")
+        family.check(self)
 
     @property
     def run_dir(self) -> Path:
@@ -511,11 +516,24 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
+        if cls is Config and name == "model":
+            tp = model_config_class(value)
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, tp, value)
     return cls(**kwargs)
+
+
+def model_config_class(section: Any) -> type:
+    """The dataclass of a ``model`` section: that of the family its ``arch`` names."""
+    from scalegan.families import family_class
+
+    arch = section.get("arch", ModelConfig.arch) if isinstance(section, dict) else ModelConfig.arch
+    try:
+        return family_class(arch).config_class
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -196,6 +196,30 @@ def decode_sample(sample: dict, resolution: int) -> np.ndarray | None:
         return None
 
 
+def read_images(spec: str, resolution: int, *, channels: int = 3, num: int = 0,
+                key: str = "eval.real", allow_unindexed: bool = False) -> torch.Tensor:
+    """The first ``num`` images (0: all) of a small shard set, in shard order, as
+    (N, channels, R, R) in [-1, 1] on the CPU (grayscale: the mean of the RGB channels):
+    held-out images for the families that judge outputs against inputs. Corrupt samples are
+    skipped; DataError when fewer than 1 image can be read."""
+    images = []
+    for url in expand_shards(spec, key=key, allow_unindexed=allow_unindexed):
+        samples = wds.DataPipeline(wds.SimpleShardList([url]),
+                                   wds.tarfile_to_samples(handler=wds.warn_and_continue))
+        for sample in samples:
+            image = decode_sample(sample, resolution)
+            if image is not None:
+                images.append(image)
+            if num and len(images) >= num:
+                break
+        if num and len(images) >= num:
+            break
+    if not images:
+        raise DataError(f"{key}={spec!r}: no image could be read")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x.mean(1, keepdim=True) if channels == 1 else x
+
+
 _corrupt_seen = 0
 _CORRUPT_WARNINGS = 20
 """Corrupt samples reported one by one in each process; after that, every 1000th."""

@@ -14,7 +14,6 @@ generated set has the real set's class (or attribute) distribution.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ from scalegan.metrics.fid import fid_from_features
 from scalegan.metrics.kid import kid_from_features
 from scalegan.metrics.pr import precision_recall
 from scalegan.parallel.env import DistEnv
-from scalegan.train.objectives import build_objective
 from scalegan.train.schedule import Phase
 
 LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False}
@@ -156,23 +154,31 @@ def real_features(spec: str, resolution: int, extractor: FeatureExtractor, env: 
 # ------------------------------------------------------------------------------ generated images
 
 
+def _networks(G: nn.Module | dict[str, nn.Module]) -> dict[str, nn.Module]:
+    return G if isinstance(G, dict) else {"G": G}
+
+
 @torch.no_grad()
-def fake_features(G: nn.Module, cfg: Config, phase: Phase, extractor: FeatureExtractor,
-                  env: DistEnv, *, num: int, batch_size: int, seed: int,
-                  conditions: torch.Tensor | None = None) -> np.ndarray:
-    """Features of ``num`` images of ``G`` (the final stage for StackGAN) from latents of
-    ``seed``; image ``i`` gets ``conditions[i % len(conditions)]``."""
+def fake_features(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase,
+                  extractor: FeatureExtractor, env: DistEnv, *, num: int, batch_size: int,
+                  seed: int, conditions: torch.Tensor | None = None,
+                  family=None) -> np.ndarray:
+    """Features of ``num`` images of the generator ``G`` (a module, or the family's inference
+    networks by name; the final stage of a multi-stage G) from latents of ``seed``; image ``i``
+    gets ``conditions[i % len(conditions)]``."""
+    from scalegan.families import build_family
+
+    family = family or build_family(cfg)
+    nets = _networks(G)
     z_all = torch.randn(num, cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))
     per_rank = math.ceil(num / env.world_size)
     mine = torch.arange(env.rank * per_rank, (env.rank + 1) * per_rank) % num  # last: wraps
-    objective = build_objective(cfg, contextlib.nullcontext)
-    kw = {"stages": "final"} if cfg.model.arch == "stackgan" else {}
     chunks = []
     for idx in mine.split(batch_size):
         cond = None
         if conditions is not None:
             cond = conditions[idx % len(conditions)].to(env.device)
-        images = objective.display(G, z_all[idx].to(env.device), cond, phase, **kw)
+        images = family.images(nets, z_all[idx].to(env.device), cond, phase, stages="final")
         chunks.append(extractor(images.float()).float().cpu())
     feats = _gather_rows(torch.cat(chunks), env)
     return feats[:num].numpy()
@@ -197,18 +203,34 @@ def compute_metrics(real: np.ndarray, fake: np.ndarray, ec: EvalConfig) -> dict[
     return out
 
 
-def headline(ec: EvalConfig) -> str:
+def headline(ec: EvalConfig, family=None) -> str:
     """The value that ranks checkpoints: the first metric's (precision for pr)."""
+    if family is not None and family.metrics:
+        return next(iter(family.metrics))
     return {"fid": "fid", "kid": "kid", "pr": "precision"}[ec.metric_list[0]]
 
 
-def evaluate(G: nn.Module, cfg: Config, phase: Phase, env: DistEnv,
-             extractor: FeatureExtractor, real: RealSet | None = None,
-             ec: EvalConfig | None = None) -> tuple[dict[str, float], RealSet]:
-    """Metrics of ``G`` at ``phase`` against the real shards of ``ec`` (default: cfg.eval,
-    its ``real`` or else cfg.data.shards); returns them and the real features, for reuse while
-    the resolution stays the same. Every rank calls this; every rank gets the results."""
+def lower_is_better(key: str, family=None) -> bool:
+    """Whether a lower ``key`` ranks a checkpoint higher."""
+    if family is not None and key in family.metrics:
+        return family.metrics[key]
+    return LOWER_IS_BETTER[key]
+
+
+def evaluate(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase, env: DistEnv,
+             extractor: FeatureExtractor | None, real: RealSet | None = None,
+             ec: EvalConfig | None = None, family=None) -> tuple[dict[str, float], RealSet]:
+    """Metrics of the generator ``G`` (or the family's inference networks by name) at
+    ``phase`` against the real shards of ``ec`` (default: cfg.eval, its ``real`` or else
+    cfg.data.shards); returns them and the real features, for reuse while the resolution stays
+    the same. A family with metrics of its own (``Family.metrics``: PSNR, reconstruction error)
+    computes those instead. Every rank calls this; every rank gets the results."""
+    from scalegan.families import build_family
+
     ec = ec or cfg.eval
+    family = family or build_family(cfg)
+    if family.metrics:
+        return family.evaluate(_networks(G), env, ec, phase), real
     label_key = {"none": None, "label": "label", "embedding": "attributes"}[cfg.model.condition]
     if real is None or real.resolution != phase.resolution:
         spec, key = (ec.real, "eval.real") if ec.real else (cfg.data.shards, "data.shards")
@@ -216,7 +238,8 @@ def evaluate(G: nn.Module, cfg: Config, phase: Phase, env: DistEnv,
                              batch_size=ec.batch_size, label_key=label_key, key=key,
                              allow_unindexed=cfg.data.allow_unindexed)
     fake = fake_features(G, cfg, phase, extractor, env, num=ec.num_fake,
-                         batch_size=ec.batch_size, seed=ec.seed, conditions=real.labels)
+                         batch_size=ec.batch_size, seed=ec.seed, conditions=real.labels,
+                         family=family)
     results = [None]
     if env.is_main:
         results[0] = {**compute_metrics(real.features, fake, ec),

@@ -25,7 +25,9 @@ __all__ = [
 
 
 def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    """Return ``(G, D)`` for ``cfg.arch``, freshly initialised on the CPU in float32.
+    """``(G, D)`` of a noise-to-image family's model section ``cfg`` (progressive, dcgan,
+    stackgan, mlp), freshly initialised on the CPU: its family's networks (see
+    ``scalegan.families``).
 
     progressive, dcgan: both take ``(x, resolution, alpha=1.0)``: G maps ``(N, latent_dim)``
     latents to ``(N, img_channels, resolution, resolution)`` images, D maps such images to
@@ -33,26 +35,10 @@ def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     ``D(images, cond)`` -> (unconditional logits, conditional logits) per stage. mlp: as
     progressive, on 2-D points ``(N, 2)`` instead of images.
     """
-    if cfg.arch == "progressive":
-        return ProgressiveGenerator(cfg), ProgressiveDiscriminator(cfg)
-    if cfg.arch == "dcgan":
-        return DCGANGenerator(cfg), DCGANDiscriminator(cfg)
-    if cfg.arch == "stackgan":
-        cond = dict(condition=cfg.condition, cond_dim=cfg.cond_dim, num_classes=cfg.num_classes,
-                    embedding_dim=cfg.embedding_dim, base_resolution=cfg.base_resolution)
-        G = StackGenerator(num_stages=cfg.stages, latent_dim=cfg.latent_dim, gf_dim=cfg.gf_dim,
-                           img_channels=cfg.img_channels, ops_impl=cfg.ops_impl, **cond)
-        D = StackDiscriminator(num_stages=cfg.stages, img_channels=cfg.img_channels,
-                               df_dim=cfg.df_dim, **cond)
-        return G, D
-    if cfg.arch == "mlp":
-        G = MLPGenerator(cfg.latent_dim, out_dim=2, hidden=cfg.mlp_hidden, layers=cfg.mlp_layers)
-        D = MLPDiscriminator(in_dim=2, hidden=cfg.mlp_hidden, layers=cfg.mlp_layers,
-                             mbdisc_kernels=cfg.mbdisc_kernels, mbdisc_dim=cfg.mbdisc_dim,
-                             ops_impl=cfg.ops_impl)
-        return G, D
-    raise ValueError(f"unknown model.arch {cfg.arch!r}: expected progressive | dcgan | stackgan "
-                     f"| mlp")
+    from scalegan.families import family_class
+
+    nets = family_class(cfg.arch).networks(cfg)
+    return nets["G"], nets["D"]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

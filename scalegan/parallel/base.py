@@ -14,56 +14,64 @@ from scalegan.train.ema import update_ema
 
 
 class Strategy:
-    """A single process: the plain modules, plain backward and optimizer steps."""
+    """A single process: the plain modules, plain backward and optimizer steps.
+
+    Every verb names its networks by the family's names ("G", "D", "G_AB", "encoder", ...)."""
 
     name = "single"
     checkpoint_format = "dcp"
-    """How G, D and the optimizers are stored: "dcp" (torch.distributed.checkpoint) or
-    "deepspeed" (the engines' own files); G_ema and the counters are in DCP / JSON always."""
+    """How the networks and their optimizers are stored: "dcp" (torch.distributed.checkpoint) or
+    "deepspeed" (the engines' own files); the averaged copies and the counters are in DCP / JSON
+    always."""
 
-    def wrap(self, G: nn.Module, D: nn.Module) -> None:
-        """Prepare G and D (in place where the strategy allows); call before making optimizers."""
-        self.G_train, self.D_train = G, D
-        self.models = {"G": G, "D": D}
+    def wrap(self, nets: dict[str, nn.Module]) -> None:
+        """Prepare the networks (in place where the strategy allows); call before making
+        optimizers."""
+        self.models = dict(nets)
+        self.train_modules = dict(nets)
 
-    def wrap_ema(self, G_ema: nn.Module) -> None:
-        """Lay G_ema out like G (sharded strategies keep it as shards beside G's)."""
+    def wrap_ema(self, ema: dict[str, nn.Module]) -> None:
+        """Lay each averaged copy out like its network (sharded strategies keep it as shards
+        beside the network's)."""
 
-    def setup_optimizers(self, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer) -> None:
-        """Hand over the optimizers built on the wrapped models' parameters."""
-        self.optimizers = {"G": opt_G, "D": opt_D}
+    def setup_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Hand over one optimizer per network, built on the wrapped networks' parameters."""
+        self.optimizers = dict(optimizers)
 
-    def begin_step(self, units_seen: dict[str, set[str]], units: dict[str, set[str]]) -> None:
-        """Called before each step with, per model, the submodules this step runs (``units``)
+    def begin_step(self, units_seen: dict[str, set[str] | None],
+                   units: dict[str, set[str] | None]) -> None:
+        """Called before each step with, per network, the submodules this step runs (``units``)
         and those any earlier step ran (``units_seen``); see ``unit_param_groups``."""
 
-    def trainable(self, which: str) -> nn.Module:
-        """The module to call in the phase that trains ``which`` ('G' or 'D')."""
-        return self.G_train if which == "G" else self.D_train
+    def trainable(self, name: str) -> nn.Module:
+        """The module to call in a phase that trains network ``name``."""
+        return self.train_modules[name]
 
-    def zero_grad(self, which: str) -> None:
-        self.optimizers[which].zero_grad(set_to_none=True)
+    def zero_grad(self, name: str) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
 
-    def backward(self, which: str, loss: torch.Tensor) -> None:
-        """Backward of one micro-batch's ``loss`` (already divided by the micro-batch count)."""
+    def backward(self, names: tuple[str, ...], loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's ``loss`` (already divided by the micro-batch count)
+        into the networks ``names`` a phase trains."""
         loss.backward()
 
-    def step(self, which: str, finite: bool = True) -> bool:
-        """The optimizer step of ``which`` after all micro-batches' backward, unless its loss was
-        not finite (``finite`` False on any rank) or a gradient holds NaN or inf: then the
+    def step(self, names: tuple[str, ...], finite: bool = True) -> bool:
+        """The optimizer steps of ``names`` after all micro-batches' backward, unless the loss
+        was not finite (``finite`` False on any rank) or a gradient holds NaN or inf: then the
         gradients are dropped and nothing moves (not the weights, not Adam's moments or step).
-        Returns whether the step was applied; the same on every rank."""
-        applied = not any_rank(not (finite and self.grads_finite(which)))
-        if applied:
-            self.optimizers[which].step()
-        else:
-            self.optimizers[which].zero_grad(set_to_none=True)
+        Returns whether the steps were applied; the same on every rank."""
+        applied = not any_rank(not (finite and all(self.grads_finite(n) for n in names)))
+        for name in names:
+            if applied:
+                self.optimizers[name].step()
+            else:
+                self.optimizers[name].zero_grad(set_to_none=True)
         return applied
 
-    def grads_finite(self, which: str) -> bool:
-        """Whether every gradient element of ``which`` this rank holds is finite (its shards
+    def grads_finite(self, name: str) -> bool:
+        """Whether every gradient element of ``name`` this rank holds is finite (its shards
         under FSDP): one fused max-abs reduction per dtype, NaN propagating."""
-        grads = [p.grad for p in self.models[which].parameters() if p.grad is not None]
+        grads = [p.grad for p in self.models[name].parameters() if p.grad is not None]
         grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
         grads = [g for g in grads if g.numel()]
         if not grads:
@@ -72,26 +80,27 @@ class Strategy:
         return bool(torch.stack([n.float() for n in norms]).isfinite().all())
 
     @contextlib.contextmanager
-    def input_gradient(self):
-        """Yields the D to call when a loss needs the gradient of D w.r.t. its input (R1,
-        WGAN-GP). The block holds D's forward, ``autograd.grad(..., create_graph=True)`` and the
-        micro-batch's ``backward``."""
-        yield self.trainable("D")
+    def input_gradient(self, name: str):
+        """Yields the module to call when a loss needs the gradient of network ``name`` w.r.t.
+        its input (R1, WGAN-GP). The block holds the forward, ``autograd.grad(...,
+        create_graph=True)`` and the micro-batch's ``backward``."""
+        yield self.trainable(name)
 
-    def update_ema(self, G_ema: nn.Module, beta: float) -> None:
-        update_ema(G_ema, self.models["G"], beta)
+    def update_ema(self, name: str, ema: nn.Module, beta: float) -> None:
+        update_ema(ema, self.models[name], beta)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """``module``'s state as full (unsharded) tensors on every rank: G, D or G_ema."""
+        """``module``'s state as full (unsharded) tensors on every rank."""
         return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
                 for k, v in module.state_dict().items()}
 
     def training_state(self) -> dict[str, Any]:
-        """DCP entries for G, D and their optimizers (constant keys for every strategy)."""
-        G, D = self.models["G"], self.models["D"]
-        return {"G": ModelState(G), "D": ModelState(D),
-                "opt_G": OptimizerState(G, self.optimizers["G"]),
-                "opt_D": OptimizerState(D, self.optimizers["D"])}
+        """DCP entries of every network (its name) and its optimizer (``opt_<name>``)."""
+        out: dict[str, Any] = {}
+        for name, model in self.models.items():
+            out[name] = ModelState(model)
+            out[f"opt_{name}"] = OptimizerState(model, self.optimizers[name])
+        return out
 
     def save_extra(self, directory: Path) -> None:
         """Write state that is not in ``training_state`` into the checkpoint ``directory``."""

@@ -9,10 +9,10 @@ from scalegan.parallel.env import DistEnv
 
 
 class DDPStrategy(Strategy):
-    """Replicated G and D; gradients averaged by DistributedDataParallel.
+    """Replicated networks; gradients averaged by DistributedDataParallel.
 
-    Each wrapper is called only in the phase that trains its model: the frozen model of a phase is
-    called unwrapped, so DDP never sees a forward whose parameters do not require grad. Blocks of
+    Each wrapper is called only in a phase that trains its network: a frozen network is called
+    unwrapped, so DDP never sees a forward whose parameters do not require grad. Blocks of
     resolutions not reached yet get no gradient, hence ``find_unused_parameters``.
     """
 
@@ -21,10 +21,10 @@ class DDPStrategy(Strategy):
     def __init__(self, env: DistEnv):
         self.env = env
 
-    def wrap(self, G: nn.Module, D: nn.Module) -> None:
+    def wrap(self, nets: dict[str, nn.Module]) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        super().wrap(G, D)
+        super().wrap(nets)
         ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        self.G_train = DDP(G, device_ids=ids, find_unused_parameters=True)
-        self.D_train = DDP(D, device_ids=ids, find_unused_parameters=True)
+        self.train_modules = {name: DDP(net, device_ids=ids, find_unused_parameters=True)
+                              for name, net in nets.items()}

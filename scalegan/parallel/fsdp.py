@@ -1,4 +1,4 @@
-"""FSDP2: G, D and G_ema sharded per resolution unit."""
+"""FSDP2: every network and its averaged copy sharded per unit."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from scalegan.parallel.env import DistEnv
 
 
 class FSDPStrategy(Strategy):
-    """G, D and G_ema sharded with FSDP2 (``fully_shard``), one unit per resolution.
+    """Every network and its averaged copy sharded with FSDP2 (``fully_shard``), one unit per
+    entry of the network's ModuleDicts.
 
-    Order: each entry of the models' ModuleDicts (a resolution's block, its toRGB/fromRGB) is
+    Order: each entry of the networks' ModuleDicts (a resolution's block, its toRGB/fromRGB) is
     wrapped first, then the root, so a block's parameters are gathered only while it runs and a
-    block not faded in yet is never gathered at all. G_ema is sharded the same way, so its update
-    is a local lerp of matching shards.
+    block not faded in yet is never gathered at all. An averaged copy is sharded the same way, so
+    its update is a local lerp of matching shards.
     """
 
     name = "fsdp"
@@ -47,31 +48,33 @@ class FSDPStrategy(Strategy):
                     fully_shard(unit, **kw)
         fully_shard(model, **kw)
         # FSDP settles each unit's mixed-precision dtypes at its first forward, from the
-        # parameters that require grad at that moment. G's first forward is in the D phase, with
-        # G frozen: its gradients would later be reduced in param_dtype and not cast back. Settle
-        # them now, while every parameter is trainable.
+        # parameters that require grad at that moment. A network's first forward may be frozen
+        # (G in the D phase): its gradients would later be reduced in param_dtype and not cast
+        # back. Settle them now, while every parameter is trainable.
         model._get_fsdp_state()._lazy_init()
 
-    def wrap(self, G: nn.Module, D: nn.Module) -> None:
-        self._shard(G, self.mp_policy)
-        self._shard(D, self.mp_policy)
-        super().wrap(G, D)
+    def wrap(self, nets: dict[str, nn.Module]) -> None:
+        for net in nets.values():
+            self._shard(net, self.mp_policy)
+        super().wrap(nets)
 
-    def wrap_ema(self, G_ema: nn.Module) -> None:
-        self._shard(G_ema)  # full precision: it is only ever averaged into and sampled from
+    def wrap_ema(self, ema: dict[str, nn.Module]) -> None:
+        for net in ema.values():
+            self._shard(net)  # full precision: it is only ever averaged into and sampled from
 
     @contextlib.contextmanager
-    def input_gradient(self):
-        # autograd.grad w.r.t. D's input runs FSDP's post-backward, which would free the gathered
+    def input_gradient(self, name: str):
+        # autograd.grad w.r.t. the network's input runs FSDP's post-backward, which would free the
         # weights that the double-backward graph of a plain nn.Conv2d still points to. Keep them
         # gathered through the penalty's own backward, then free them.
         from torch.distributed.fsdp import FSDPModule
 
-        self.D_train.set_reshard_after_backward(False)
+        net = self.train_modules[name]
+        net.set_reshard_after_backward(False)
         try:
-            yield self.D_train
+            yield net
         finally:
-            self.D_train.set_reshard_after_backward(True)
-            for module in self.D_train.modules():
+            net.set_reshard_after_backward(True)
+            for module in net.modules():
                 if isinstance(module, FSDPModule):
                     module.reshard()

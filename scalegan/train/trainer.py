@@ -1,11 +1,13 @@
-"""The GAN training loop.
+"""The GAN training loop: a generic runner of the phases a family declares.
 
-``Trainer.train()`` reads as the algorithm: for each step, pick the phase (resolution, fade alpha)
-from images seen, run the D phase on real and generated micro-batches, the lazy R1 phase when it
-is due, the G phase, update G_ema, then log, sample and checkpoint. The forward passes and losses
-of each model family are its objective's (``scalegan.train.objectives``). Everything a step
-depends on (weights, optimizer moments, G_ema, counters, RNG, data position) is in the checkpoint,
-so a resumed run continues bit for bit.
+``Trainer.train()`` reads as the algorithm: for each step, pick the stage of the schedule
+(resolution, fade alpha) from images seen, make the step's micro-batches, run each phase of the
+family that is due (D, the lazy R1, G, ... : each trains some networks through the others, frozen),
+update the averaged copies, then log, sample and checkpoint. What the networks are, what each phase
+computes and how the inputs are made is the family's (``scalegan.families``); the trainer knows
+networks only by name. Everything a step depends on (weights, optimizer moments, averaged copies,
+the family's own state, counters, RNG, data positions) is in the checkpoint, so a resumed run
+continues bit for bit.
 """
 
 from __future__ import annotations
@@ -27,16 +29,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from scalegan.config import Config, ModelConfig, config_to_dict, save_config
+from scalegan.config import Config, config_to_dict, model_config_class, save_config
 from scalegan.data.pipeline import DataError, ImageStream, check_pack, expand_shards
-from scalegan.data.points import PointStream, mixture
-from scalegan.metrics.evaluate import LOWER_IS_BETTER, RealSet, evaluate, extractor_for, headline
-from scalegan.metrics.modes import mode_stats
-from scalegan.models import build_models
-from scalegan.monitor.grid import save_grid
+from scalegan.data.points import PointStream
+from scalegan.families import PhaseSpec, build_family
+from scalegan.metrics.evaluate import RealSet, evaluate, extractor_for, headline, lower_is_better
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from scalegan.monitor.progress import Progress
-from scalegan.monitor.scatter import save_scatter
 from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
 from scalegan.train.checkpoint import (
@@ -51,15 +50,11 @@ from scalegan.train.checkpoint import (
     verify,
 )
 from scalegan.train.ema import ema_beta
-from scalegan.train.objectives import MicroBatch, build_objective
 from scalegan.train.preemption import Interrupted, StopSignal
 from scalegan.train.rundir import RunDirectory
-from scalegan.train.schedule import Phase, phase_at
+from scalegan.train.schedule import Phase
 
 log = logging.getLogger(__name__)
-
-POINT_SAMPLES = 2500
-"""Samples drawn for each scatter plot and mode count of a 2-D run (VEEGAN / PacGAN: 2500)."""
 
 RESUME_IGNORES = ("ops_impl", "mbstd_across_ranks")
 """model.* keys a run may change when it resumes: they change no tensor and no result."""
@@ -73,7 +68,12 @@ class DivergenceError(RuntimeError):
 def model_differences(saved: dict, cfg: Config) -> list[str]:
     """``model.key: checkpoint X, this run Y`` for every model setting a checkpoint (its
     config as a dict) and ``cfg`` disagree on; keys the checkpoint predates take their default."""
-    old = {**dataclasses.asdict(ModelConfig()), **(saved.get("model") or {})}
+    section = saved.get("model") or {}
+    try:
+        defaults = dataclasses.asdict(model_config_class(section)())
+    except ValueError:  # a family this version does not know: compare as written
+        defaults = {}
+    old = {**defaults, **section}
     new = config_to_dict(cfg)["model"]
     return [f"model.{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
             for k in sorted(set(old) | set(new))
@@ -103,7 +103,8 @@ def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
 class StepStats:
     values: dict[str, float] = field(default_factory=dict)
     applied: bool = True
-    """Whether the phase's optimizer step was applied (not: a loss or gradient was NaN or inf)."""
+    """Whether the phase's optimizer steps were applied (not: a loss or gradient was NaN or
+    inf)."""
 
     @property
     def finite(self) -> bool:
@@ -127,8 +128,23 @@ def _decode_rng(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
+class FamilyState:
+    """Stateful view of a family's own state (an image pool, a running mean) for DCP."""
+
+    def __init__(self, family):
+        self.family = family
+
+    def state_dict(self) -> dict:
+        return self.family.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.family.load_state_dict(state)
+
+
 class Trainer:
-    """Trains G and D of ``cfg`` in ``cfg.run_dir``; ``train()`` resumes automatically."""
+    """Trains the networks of ``cfg``'s family in ``cfg.run_dir``; ``train()`` resumes
+    automatically. ``trainer.<name>``, ``trainer.<name>_ema`` and ``trainer.opt_<name>`` are the
+    family's networks, their averaged copies and their optimizers."""
 
     def __init__(self, cfg: Config, env: DistEnv | None = None):
         self.cfg = cfg
@@ -143,76 +159,96 @@ class Trainer:
                              f"train.grad_accum x world size = {tc.grad_accum} x {self.world}")
         self.micro_batch = tc.batch_size // (tc.grad_accum * self.world)
 
-        torch.manual_seed(tc.seed)  # weight initialisation: the same on every rank
-        self.G, self.D = build_models(cfg.model)
-        self.G.to(self.device)
-        self.D.to(self.device)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.strategy = build_strategy(cfg, self.env)
-        self.strategy.wrap(self.G, self.D)
-        self.strategy.wrap_ema(self.G_ema)
-        self.opt_G, self.opt_D = self._make_optimizers()
-        self.strategy.setup_optimizers(self.opt_G, self.opt_D)
-        self.objective = build_objective(cfg, self.autocast)
-
-        # Latents and penalty mixing weights come from one generator, identical on every rank: each
-        # rank draws the global batch and keeps its slice, so a run's randomness does not depend on
-        # the world size. Its state is checkpointed.
+        # Latents, penalty mixing weights, pool draws... come from one generator, identical on
+        # every rank: each rank draws the global batch and keeps its slice, so a run's randomness
+        # does not depend on the world size. Its state is checkpointed.
         self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1)
+        self.family = build_family(cfg, self)
+        torch.manual_seed(tc.seed)  # weight initialisation: the same on every rank
+        self.nets = self.family.build_networks()
+        for net in self.nets.values():
+            net.to(self.device)
+        self.ema = {name: copy.deepcopy(self.nets[name]).eval().requires_grad_(False)
+                    for name in self.family.ema}
+        self.strategy = build_strategy(cfg, self.env)
+        self.strategy.wrap(self.nets)
+        self.strategy.wrap_ema(self.ema)
+        self.optimizers = self.family.optimizers(self.nets, unit_param_groups)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+            if self.strategy.checkpoint_format == "dcp":  # DeepSpeed keeps its own flat state
+                init_adam_state(opt)
+        self.strategy.setup_optimizers(self.optimizers)
+        self.phase_specs: list[PhaseSpec] = self.family.phases()
         self.images_seen = 0
         self.step = 0
-        # the 2-D benchmarks' protocol judges 2500 samples; image grids show sample_grid^2
-        num_samples = POINT_SAMPLES if cfg.model.arch == "mlp" else cfg.log.sample_grid ** 2
-        self.sample_z = torch.randn(num_samples, cfg.model.latent_dim,
-                                    generator=torch.Generator().manual_seed(tc.seed + 31337))
-        self.sample_cond = self._sample_conditions(None)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
-        self.data: ImageStream | None = None
+        self.streams: dict[str, ImageStream | PointStream] = {}  # by the family's names
         self.logger: Logger | None = None
         self.last_sample_step = -1
         self.last_saved_step = -1
         self.extractor = None  # built first, so a missing Inception file stops the run at once
-        if cfg.eval.every_kimg > 0:
+        if cfg.eval.every_kimg > 0 and not self.family.metrics:
             self.extractor = extractor_for(cfg.eval, self.device)
         self.real_set: RealSet | None = None
         self.nonfinite_streak = 0  # consecutive steps with an update not applied
         self.nonfinite_total = 0
-        self.skipped_updates: list[str] = []  # of the last step: "D", "R1", "G"
+        self.skipped_updates: list[str] = []  # phases of the last step not applied: "D", ...
         self.stopped_by: int | None = None  # the signal that ended the run, agreed by all ranks
         self.run_directory: RunDirectory | None = None
 
     # ----------------------------------------------------------------------------------- set-up
 
-    def _make_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        oc, lc = self.cfg.optim, self.cfg.loss
-        # Lazy R1 runs every r1_interval steps; StyleGAN2 rescales D's Adam by c = k / (k + 1) so
-        # the effective per-step statistics match an every-step regulariser.
-        c = lc.r1_interval / (lc.r1_interval + 1) if lc.r1_gamma > 0 else 1.0
-        opt_G = torch.optim.Adam(unit_param_groups(self.G), lr=oc.g_lr,
-                                 betas=(oc.beta1, oc.beta2), eps=oc.eps)
-        opt_D = torch.optim.Adam(unit_param_groups(self.D), lr=oc.d_lr * c,
-                                 betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
-        if self.strategy.checkpoint_format == "dcp":  # DeepSpeed keeps its own flat state
-            for opt in (opt_G, opt_D):
-                init_adam_state(opt)
-        return opt_G, opt_D
+    def __getattr__(self, name: str):
+        """``trainer.G``, ``trainer.G_ema``, ``trainer.opt_D``: a network, an averaged copy or an
+        optimizer by the family's network name."""
+        d = self.__dict__
+        if "nets" in d and name in d["nets"]:
+            return d["nets"][name]
+        if "ema" in d and name.endswith("_ema") and name[:-4] in d["ema"]:
+            return d["ema"][name[:-4]]
+        if "optimizers" in d and name.startswith("opt_") and name[4:] in d["optimizers"]:
+            return d["optimizers"][name[4:]]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def data(self) -> ImageStream | PointStream | None:
+        """The first (primary) data stream; None before the data is opened."""
+        return next(iter(self.streams.values()), None)
+
+    @data.setter
+    def data(self, stream) -> None:
+        self.streams[next(iter(self.family.streams()))] = stream
 
     def _open_data(self) -> ImageStream | PointStream:
-        dc, mc = self.cfg.data, self.cfg.model
-        if dc.source == "points":
-            return PointStream(dc.points, self.micro_batch, seed=self.cfg.train.seed,
-                               rank=self.rank, world=self.world)
-        urls = expand_shards(dc.shards, allow_unindexed=dc.allow_unindexed)
-        check_pack(dc.shards, mc.resolution, img_channels=mc.img_channels,
-                   condition=mc.condition, embedding_dim=mc.embedding_dim,
-                   num_classes=mc.num_classes)
-        return ImageStream(urls, self.micro_batch, self.phase().resolution,
-                           seed=self.cfg.train.seed, num_workers=dc.num_workers,
-                           shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip,
-                           label_key={"none": None, "label": "label",
-                                      "embedding": "attributes"}[mc.condition],
-                           pyramid=mc.stages if mc.arch == "stackgan" else 1,
-                           max_skip=dc.max_skip)
+        """Open every stream of the family (``self.streams``); returns the first."""
+        dc, mc, tc = self.cfg.data, self.cfg.model, self.cfg.train
+        for i, (name, spec) in enumerate(self.family.streams().items()):
+            if spec.points is not None:
+                stream = PointStream(spec.points, self.micro_batch, seed=tc.seed + i,
+                                     rank=self.rank, world=self.world)
+            else:
+                urls = expand_shards(spec.shards, key=spec.key,
+                                     allow_unindexed=dc.allow_unindexed)
+                check_pack(spec.shards, mc.resolution, img_channels=mc.img_channels,
+                           key=spec.key, **spec.check)
+                stream = ImageStream(urls, self.micro_batch, self.phase().resolution,
+                                     seed=tc.seed + i, num_workers=dc.num_workers,
+                                     shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip,
+                                     label_key=spec.label_key, pyramid=spec.pyramid,
+                                     max_skip=dc.max_skip)
+            self.streams[name] = stream
+        return next(iter(self.streams.values()))
+
+    def _data_state(self) -> dict:
+        return {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def _load_data_state(self, state: dict) -> None:
+        if set(state) != set(self.streams):  # written before streams had names: the first's
+            state = {next(iter(self.streams)): state}
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state[name])
 
     def _open_loggers(self) -> Logger:
         cfg = self.cfg
@@ -226,181 +262,133 @@ class Trainer:
         return MultiLogger(loggers)
 
     def app_state(self) -> dict:
-        """DCP state: G_ema, and G, D and their optimizers unless the strategy stores those."""
-        return {"G_ema": ModelState(self.G_ema), **self.strategy.training_state()}
+        """DCP state: the averaged copies (``<name>_ema``), the family's own state, and the
+        networks and their optimizers unless the strategy stores those."""
+        state = {f"{name}_ema": ModelState(net) for name, net in self.ema.items()}
+        if self.family.state_dict():
+            state["family"] = FamilyState(self.family)
+        return {**state, **self.strategy.training_state()}
 
     # ---------------------------------------------------------------------------------- algorithm
 
     def phase(self, images_seen: int | None = None) -> Phase:
         """Resolution and fade alpha after ``images_seen`` images (default: now)."""
-        s, m = self.cfg.train.schedule, self.cfg.model
-        if m.arch != "progressive":
-            return Phase(m.resolution, 1.0)
-        images_seen = self.images_seen if images_seen is None else images_seen
-        return phase_at(images_seen, s.start_resolution, m.resolution, s.fade_kimg,
-                        s.stable_kimg)
+        return self.family.stage(self.images_seen if images_seen is None else images_seen)
 
     def units_in_use(self, phase: Phase | None) -> dict[str, set[str] | None]:
-        """Submodules of G and D that run in ``phase`` (None: a model without units)."""
-        if phase is None:
-            return {"G": set(), "D": set()}
-        return {w: m.units_in_use(phase.resolution, phase.alpha)
-                if hasattr(m, "units_in_use") else None for w, m in (("G", self.G), ("D", self.D))}
+        """Per network, the submodules that run in ``phase`` (None: a network without units)."""
+        return self.family.units_in_use(self.nets, phase)
 
     def autocast(self):
         if self.cfg.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _global_draw(self, fn, n: int, *shape: int) -> torch.Tensor:
+    def draw(self, fn, n: int, *shape: int) -> torch.Tensor:
         """Draw the global batch (n per rank) with ``fn`` from the shared RNG; keep this rank's."""
         full = fn(n * self.world, *shape, generator=self.rng)
         return full[self.rank * n:(self.rank + 1) * n].to(self.device)
 
-    def latents(self, n: int) -> torch.Tensor:
-        """(n, latent_dim) latents for this rank's share of the global batch."""
-        return self._global_draw(torch.randn, n, self.cfg.model.latent_dim)
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of ``t``, in rank order."""
+        if not self.env.distributed:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
 
-    def next_micro_batches(self) -> list[MicroBatch]:
-        """``grad_accum`` micro-batches of real images and latents for one optimizer step (and,
-        for conditional models, conditions)."""
-        mc, batches = self.cfg.model, []
-        for _ in range(self.cfg.train.grad_accum):
-            batch = self.data.next_batch()
-            scales = batch.images if isinstance(batch.images, list) else [batch.images]
-            if mc.img_channels == 1 and scales[0].ndim == 4:  # a grayscale model on RGB shards
-                scales = [x.mean(1, keepdim=True) for x in scales]
-            scales = [x.to(self.device) for x in scales]
-            n = scales[0].shape[0]
-            # StackGAN takes one image per stage, even with a single stage
-            real = scales if isinstance(batch.images, list) or mc.arch == "stackgan" else scales[0]
-            mb = MicroBatch(real, self.latents(n), self.latents(n))
-            if mc.condition != "none":
-                mb.cond = batch.labels.to(self.device)
-                mb.wrong_cond = self.mismatched_conditions(mb.cond)
-                if self.sample_cond is None:
-                    self.sample_cond = self._sample_conditions(mb.cond)
-            if mc.condition == "embedding":
-                mb.eps_d = self._global_draw(torch.randn, n, mc.cond_dim)
-                mb.eps_g = self._global_draw(torch.randn, n, mc.cond_dim)
-            batches.append(mb)
-        return batches
+    def next_micro_batches(self) -> list:
+        """``grad_accum`` micro-batches of the family's inputs for one optimizer step: one batch
+        of each stream per micro-batch."""
+        return [self.family.micro_batch({name: stream.next_batch()
+                                         for name, stream in self.streams.items()}, self)
+                for _ in range(self.cfg.train.grad_accum)]
 
-    def mismatched_conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        """Per sample another condition, for the (real image, wrong condition) pairs: a random
-        other class, or the next sample's vector in the global micro-batch. Both are the same
-        whatever the number of ranks."""
-        n = cond.shape[0]
-        if not cond.is_floating_point():  # class ids: shift by 1 .. num_classes - 1
-            k = self.cfg.model.num_classes
-            shift = self._global_draw(lambda *s, generator: torch.randint(1, k, s,
-                                                                          generator=generator), n)
-            return (cond + shift) % k
-        full = cond
-        if self.env.distributed:
-            parts = [torch.empty_like(cond) for _ in range(self.world)]
-            dist.all_gather(parts, cond.contiguous())
-            full = torch.cat(parts)
-        index = (torch.arange(n, device=cond.device) + self.rank * n + 1) % full.shape[0]
-        return full[index]
+    @contextlib.contextmanager
+    def _phase_networks(self, spec: PhaseSpec):
+        """The networks a phase's loss calls: trainable ones through the strategy (the one it
+        differentiates w.r.t. its input through the strategy's input-gradient path), the others
+        as plain frozen modules."""
+        nets: dict = dict(self.nets)
+        for name in spec.trains:
+            if name != spec.input_gradient:
+                nets[name] = self.strategy.trainable(name)
+        if spec.input_gradient is None:
+            yield nets
+            return
+        with self.strategy.input_gradient(spec.input_gradient) as net:
+            nets[spec.input_gradient] = net
+            yield nets
 
-    def _sample_conditions(self, seen: torch.Tensor | None) -> torch.Tensor | None:
-        """Conditions of the sample grids: classes in turn (a row per class for grids as wide
-        as the class count), or the attribute vectors of the first batch, repeated."""
-        mc, n = self.cfg.model, self.cfg.log.sample_grid ** 2
-        if mc.condition == "label":
-            return torch.arange(n) % mc.num_classes
-        if mc.condition == "embedding" and seen is not None:
-            return seen.detach().cpu()[torch.arange(n) % seen.shape[0]]
-        return None
-
-    def d_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
-        """One D update: adversarial loss (+ WGAN-GP) averaged over micro-batches."""
+    def run_phase(self, spec: PhaseSpec | str, batches: list, phase: Phase) -> StepStats:
+        """One update of the networks ``spec`` trains: its loss averaged over the
+        micro-batches, every other network frozen."""
+        if isinstance(spec, str):
+            spec = next(s for s in self.phase_specs if s.name == spec)
         stats = StepStats()
-        self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
-        self.strategy.zero_grad("D")
+        for name, net in self.nets.items():
+            net.requires_grad_(name in spec.trains)
+        for name in spec.trains:
+            self.strategy.zero_grad(name)
         for mb in batches:
-            with torch.no_grad():
-                fake = self.objective.fake(self.G, mb, phase)
-            with (self.strategy.input_gradient() if self.objective.d_needs_input_gradient
-                  else contextlib.nullcontext(self.strategy.trainable("D"))) as D:
-                loss, scalars = self.objective.d_loss(
-                    D, mb, fake, phase, mix=lambda mb=mb: self._global_draw(
-                        torch.rand, mb.z_d.shape[0]))
+            with self._phase_networks(spec) as nets:
+                loss, scalars = spec.loss(nets, mb, phase)
                 stats.add_all(scalars, 1 / len(batches))
-                self.strategy.backward("D", loss / len(batches))
-        stats.applied = self.strategy.step("D", stats.finite)
-        return stats
-
-    def r1_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
-        """Lazy R1 on real images, every ``loss.r1_interval`` steps."""
-        stats = StepStats()
-        self.strategy.zero_grad("D")
-        for mb in batches:
-            with self.strategy.input_gradient() as D:
-                loss, scalars = self.objective.r1_loss(D, mb, phase)
-                stats.add_all(scalars, 1 / len(batches))
-                self.strategy.backward("D", loss / len(batches))
-        stats.applied = self.strategy.step("D", stats.finite)
-        return stats
-
-    def g_phase(self, batches: list[MicroBatch], phase: Phase) -> StepStats:
-        """One G update through a frozen D."""
-        stats = StepStats()
-        self.G.requires_grad_(True)
-        self.D.requires_grad_(False)
-        self.strategy.zero_grad("G")
-        G = self.strategy.trainable("G")
-        for mb in batches:
-            loss, scalars = self.objective.g_loss(G, self.D, mb, phase)
-            stats.add_all(scalars, 1 / len(batches))
-            self.strategy.backward("G", loss / len(batches))
-        stats.applied = self.strategy.step("G", stats.finite)
-        self.D.requires_grad_(True)
+                self.strategy.backward(spec.trains, loss / len(batches))
+        stats.applied = self.strategy.step(spec.trains, stats.finite)
         return stats
 
     def ema_phase(self) -> None:
         tc = self.cfg.train
-        beta = ema_beta(tc.batch_size, self.images_seen, tc.ema_halflife_kimg, tc.ema_rampup)
-        self.strategy.update_ema(self.G_ema, beta)
+        beta = self.family.ema_beta(ema_beta(tc.batch_size, self.images_seen,
+                                             tc.ema_halflife_kimg, tc.ema_rampup))
+        for name, ema in self.ema.items():
+            self.strategy.update_ema(name, ema, beta)
 
-    def train_step(self, batches: list[MicroBatch] | None = None) -> dict[str, float]:
-        """One optimizer step of D (and R1 when due) and G, then the EMA; returns scalars.
+    def _set_learning_rates(self) -> None:
+        factors = self.family.learning_rates(self.images_seen)
+        for name, factor in (factors or {}).items():
+            for group in self.optimizers[name].param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
+    def train_step(self, batches: list | None = None) -> dict[str, float]:
+        """One update of each phase that is due, then the averaged copies; returns scalars.
 
         An update whose loss or gradients are not finite is not applied (``skipped_updates``
-        names it; the row's ``nonfinite`` is 1); images seen and the schedule go on.
+        names its phase; the row's ``nonfinite`` is 1); images seen and the schedule go on.
         """
         phase = self.phase()
         before = self.phase(self.images_seen - self.cfg.train.batch_size) if self.step else None
         if batches is None:
-            self.data.set_resolution(phase.resolution)
+            for stream in self.streams.values():
+                stream.set_resolution(phase.resolution)
             batches = self.next_micro_batches()
         self.strategy.begin_step(self.units_in_use(before), self.units_in_use(phase))
-        phases = [("D", self.d_phase(batches, phase))]
-        lc = self.cfg.loss
-        if lc.r1_gamma > 0 and self.step % lc.r1_interval == 0:
-            phases.append(("R1", self.r1_phase(batches, phase)))
-        phases.append(("G", self.g_phase(batches, phase)))
+        self._set_learning_rates()
+        done = [(spec.name, self.run_phase(spec, batches, phase))
+                for spec in self.phase_specs if spec.due(self.step, self.images_seen)]
+        for net in self.nets.values():
+            net.requires_grad_(True)
         self.images_seen += self.cfg.train.batch_size
         self.step += 1
         self.ema_phase()
-        self.skipped_updates = [name for name, st in phases if not st.applied]
-        stats = {k: v for _, st in phases for k, v in st.values.items()}
+        self.skipped_updates = [name for name, st in done if not st.applied]
+        stats = {k: v for _, st in done for k, v in st.values.items()}
         return {**stats, "resolution": phase.resolution, "alpha": phase.alpha,
                 "nonfinite": float(bool(self.skipped_updates))}
 
-    def fetch(self, stop: StopSignal) -> list[MicroBatch] | None:
+    def fetch(self, stop: StopSignal) -> list | None:
         """This step's micro-batches, or None when the run stops before the step: a stop signal
         reached any rank (waiting for data is cut short), or any rank's data failed (DataError on
         every rank). All ranks agree in one tiny all-reduce. A step given up leaves the data
         position and the RNG as if nothing had been fetched, so the resumed run takes the same
         batches."""
-        snapshot = (self.data.state_dict(), self.rng.get_state())
+        snapshot = (self._data_state(), self.rng.get_state())
         batches, error = None, None
         try:
             with stop.interruptible():
-                self.data.set_resolution(self.phase().resolution)
+                for stream in self.streams.values():
+                    stream.set_resolution(self.phase().resolution)
                 batches = self.next_micro_batches()
         except Interrupted:
             pass
@@ -416,7 +404,7 @@ class Trainer:
         if failed:
             raise DataError(error or "another rank stopped on a data error (its log says which)")
         if signum or missing:
-            self.data.load_state_dict(snapshot[0])
+            self._load_data_state(snapshot[0])
             self.rng.set_state(snapshot[1])
             self.stopped_by = int(signum) or int(stop.received or 0)
             return None
@@ -439,7 +427,8 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         if cfg.checkpoint.resume:
             self.resume()
-        self.data = self.data or self._open_data()
+        if not self.streams:
+            self._open_data()
         self.logger = self.logger or (self._open_loggers() if self.is_main else Logger())
         total = int(cfg.train.total_kimg * 1000)
         progress = Progress(total, self.images_seen, enabled=cfg.log.progress and self.is_main)
@@ -525,8 +514,8 @@ class Trainer:
             self.rollback()
 
     def rollback(self) -> bool:
-        """Restore G, D, G_ema and both optimizers from the newest checkpoint with finite
-        weights (counters, data position and RNG go on); False if there is none."""
+        """Restore the networks, their averaged copies and optimizers from the newest checkpoint
+        with finite weights (counters, data position and RNG go on); False if there is none."""
         path = self.ckpt.newest_finite()
         if path is None:
             if self.is_main:
@@ -535,16 +524,16 @@ class Trainer:
         verify(path)
         self.ckpt.load(path, self.app_state(), self.strategy.load_extra)
         if self.is_main:
-            log.warning("rolled G, D, G_ema and the optimizers back to %s; the data and the "
-                        "counters go on", path)
+            log.warning("rolled the networks, their averaged copies and the optimizers back to "
+                        "%s; the data and the counters go on", path)
         return True
 
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
-        if self.data is not None:
-            self.data.close()
+        for stream in self.streams.values():
+            stream.close()
         if self.run_directory is not None:
             self.run_directory.close()
             self.run_directory = None
@@ -558,7 +547,7 @@ class Trainer:
         keys = sorted({k for row in window for k in row if k.startswith("loss/")})
         out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
                for k in keys}
-        skipped = float(self.data.skipped)
+        skipped = float(sum(stream.skipped for stream in self.streams.values()))
         memory = [0.0] * self.world  # peak memory per rank, each rank fills its own slot
         memory[self.rank] = self._peak_memory_gib()
         if self.env.distributed:
@@ -579,7 +568,7 @@ class Trainer:
         """CRC32 of the weights this rank holds (replicas: equal on every rank; shards: this
         rank's), per model: a cheap check that data-parallel replicas agree."""
         out = {}
-        for name, model in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+        for name, model in self._all_networks():
             crc = 0
             for p in model.parameters():
                 t = getattr(p, "ds_tensor", None)
@@ -587,6 +576,9 @@ class Trainer:
                 crc = zlib.crc32(t.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
             out[name] = crc
         return out
+
+    def _all_networks(self) -> list[tuple[str, torch.nn.Module]]:
+        return [*self.nets.items(), *((f"{n}_ema", e) for n, e in self.ema.items())]
 
     def _peak_memory_gib(self) -> float:
         """Peak memory of this rank: CUDA memory allocated, or the process's peak RSS on CPU."""
@@ -598,48 +590,38 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self) -> Path:
-        """G_ema on the fixed latents at the current phase -> samples/step_XXXXXXXXX.png."""
-        phase = self.phase()
-        cond = self.sample_cond
-        if cond is None and self.cfg.model.condition != "none":
-            return self.run_dir / "samples"  # no data seen yet: nothing to condition on
-        images = torch.cat([
-            self.objective.display(self.G_ema, z.to(self.device),
-                                   None if cond is None else cond[i:i + 16].to(self.device), phase)
-            for i, z in zip(range(0, len(self.sample_z), 16), self.sample_z.split(16),
-                            strict=True)])
+        """The averaged networks on the family's fixed sample inputs at the current stage ->
+        samples/step_XXXXXXXXX.png (and latest.png)."""
+        inputs = self.family.sample_inputs()
+        if inputs is None:
+            return self.run_dir / "samples"  # no data seen yet: nothing to sample from
+        images = self.family.samples(self.ema, inputs, self.phase())
         self.last_sample_step = self.step
         path = self.run_dir / "samples" / f"step_{self.step:09d}.png"
         if not self.is_main:
             return path
-        if self.cfg.data.source == "points":
-            centers, std = mixture(self.cfg.data.points)
-            stats = mode_stats(images, centers, std)
-            if self.logger is not None:
-                self.logger.log_scalars(self.step, {"modes/covered": stats["modes"],
-                                                    "modes/high_quality": stats["high_quality"],
-                                                    "kimg": self.images_seen / 1000})
-            for p in (path, self.run_dir / "samples" / "latest.png"):
-                save_scatter(images, p, centers=centers, radius=3 * std)
-        else:
-            save_grid(images, path)
-            save_grid(images, self.run_dir / "samples" / "latest.png")
+        scalars = self.family.write_samples(images, [path,
+                                                     self.run_dir / "samples" / "latest.png"])
         if self.logger is not None:
+            if scalars:
+                self.logger.log_scalars(self.step, {**scalars,
+                                                    "kimg": self.images_seen / 1000})
             self.logger.log_image(self.step, "samples", path)
         return path
 
     def evaluate(self) -> dict[str, float]:
-        """G_ema's metrics (``eval``) now: logged as ``eval/*``; a checkpoint that scores best so
-        far is written (if this step has none yet) and kept as ``checkpoints/best``."""
+        """The averaged networks' metrics (``eval``) now: logged as ``eval/*``; a checkpoint
+        that scores best so far is written (if this step has none yet) and kept as
+        ``checkpoints/best``."""
         ec = self.cfg.eval
-        results, self.real_set = evaluate(self.G_ema, self.cfg, self.phase(), self.env,
-                                          self.extractor, self.real_set)
+        results, self.real_set = evaluate(self.ema, self.cfg, self.phase(), self.env,
+                                          self.extractor, self.real_set, family=self.family)
         scalars = {f"eval/{k}": v for k, v in results.items()}
         self.logger.log_scalars(self.step, {**scalars, "kimg": self.images_seen / 1000})
-        key = headline(ec)
+        key = headline(ec, self.family)
         value, best = results[key], self.ckpt.best()
         better = best is None or best.get("metric") != key or (
-            value < best["value"] if LOWER_IS_BETTER[key] else value > best["value"])
+            value < best["value"] if lower_is_better(key, self.family) else value > best["value"])
         if better:
             path = self.save() if self.last_saved_step != self.step else self.ckpt.latest()
             if path is not None:
@@ -653,10 +635,10 @@ class Trainer:
         return results
 
     def weights_finite(self) -> bool:
-        """Whether every weight of G, D and G_ema (this rank's shards) is finite, on every
-        rank."""
+        """Whether every weight of every network and averaged copy (this rank's shards) is
+        finite, on every rank."""
         tensors = []
-        for model in (self.G, self.D, self.G_ema):
+        for _, model in self._all_networks():
             for p in model.parameters():
                 t = getattr(p, "ds_tensor", None)
                 t = p.to_local() if hasattr(p, "to_local") else p if t is None else t
@@ -671,7 +653,7 @@ class Trainer:
         inf: a checkpoint never holds non-finite weights."""
         if not self.weights_finite():
             if self.is_main:
-                log.error("step %d: G, D or G_ema holds NaN or inf: no checkpoint written (the "
+                log.error("step %d: a network holds NaN or inf: no checkpoint written (the "
                           "newest with finite weights is %s)", self.step,
                           self.ckpt.newest_finite())
             return None
@@ -679,7 +661,7 @@ class Trainer:
                 "phase": vars(self.phase()), "world_size": self.world,
                 "format": self.strategy.checkpoint_format, "finite": True,
                 "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
-        rank_state = {"data": self.data.state_dict() if self.data is not None else None,
+        rank_state = {"data": self._data_state() if self.streams else None,
                       "weights_crc32": self._weights_crc32()}
         path = self.ckpt.save(self.step, self.app_state(), meta, rank_state,
                               self.strategy.save_extra)
@@ -716,8 +698,9 @@ class Trainer:
             self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
             self.rng.set_state(_decode_rng(meta["rng"]))
             if rank_state is not None and rank_state.get("data") is not None:
-                self.data = self.data or self._open_data()
-                self.data.load_state_dict(rank_state["data"])
+                if not self.streams:
+                    self._open_data()
+                self._load_data_state(rank_state["data"])
             if self.is_main:
                 log.info("resumed from %s at %.1f kimg (step %d)", path,
                          self.images_seen / 1000, self.step)
@@ -745,7 +728,7 @@ class Trainer:
                               f"at that world size only, not at {self.world}")
         if fmt != self.strategy.checkpoint_format:
             strategy = (saved.get("parallel") or {}).get("strategy", "?")
-            raise ResumeError(f"{path} holds G and D in {fmt} format (parallel.strategy="
+            raise ResumeError(f"{path} holds the networks in {fmt} format (parallel.strategy="
                               f"{strategy} at {world} ranks); this run ({self.strategy.name}, "
                               f"{self.world} rank(s)) reads {self.strategy.checkpoint_format}")
 

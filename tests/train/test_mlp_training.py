@@ -10,7 +10,8 @@ from PIL import Image
 
 from scalegan.cli import main
 from scalegan.config import ConfigError, load_config
-from scalegan.train.trainer import POINT_SAMPLES, Trainer
+from scalegan.families.mlp import POINT_SAMPLES
+from scalegan.train.trainer import Trainer
 
 
 def mlp_overrides(tmp_path, name="m", mixture="grid25", extra=()) -> list[str]:
@@ -38,7 +39,7 @@ def test_mlp_on_points_trains_logs_modes_and_draws_scatter_plots(tmp_path, mbdis
     assert scatter.size == (512, 512)
     pixels = np.asarray(scatter)
     assert (pixels == (220, 40, 40)).all(-1).any() and (pixels == (20, 20, 90)).all(-1).any()
-    assert trainer.sample_z.shape == (POINT_SAMPLES, 2)
+    assert trainer.family.sample_z.shape == (POINT_SAMPLES, 2)
 
     out = tmp_path / "g.png"
     assert main(["generate", str(cfg.run_dir), "--num", "500", "--out", str(out)]) == 0

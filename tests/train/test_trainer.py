@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from scalegan.config import load_config
-from scalegan.train.trainer import MicroBatch, Trainer
+from scalegan.families._image import MicroBatch
+from scalegan.train.trainer import Trainer
 
 from conftest import write_shards
 
@@ -82,9 +83,8 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     whole = [MicroBatch(real, z_d, z_g)]
     halves = [MicroBatch(real[:8], z_d[:8], z_g[:8]), MicroBatch(real[8:], z_d[8:], z_g[8:])]
     for t, batches in ((one, whole), (two, halves)):
-        t.d_phase(batches, phase)
-        t.r1_phase(batches, phase)
-        t.g_phase(batches, phase)
+        for name in ("D", "R1", "G"):
+            t.run_phase(name, batches, phase)
     for name, a, b in (("G", one.G, two.G), ("D", one.D, two.D)):
         for (pn, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
             if pa.grad is not None:
