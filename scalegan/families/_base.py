@@ -251,6 +251,12 @@ class Family:
         raise NotImplementedError
 
 
+def full(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when autocast left it in bf16 / fp16; otherwise as it is (a float64 run
+    keeps float64)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -43,8 +43,9 @@ class Strategy:
         """Called before each step with, per network, the submodules this step runs (``units``)
         and those any earlier step ran (``units_seen``); see ``unit_param_groups``."""
 
-    def trainable(self, name: str) -> nn.Module:
-        """The module to call in a phase that trains network ``name``."""
+    def trainable(self, name: str, together: tuple[str, ...] = ()) -> nn.Module:
+        """The module to call in a phase that trains network ``name`` (``together``: every
+        network the phase trains)."""
         return self.train_modules[name]
 
     def zero_grad(self, name: str) -> None:

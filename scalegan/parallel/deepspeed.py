@@ -10,8 +10,9 @@ single-model DeepSpeed run, each item checked against plain Adam on one process
 - DeepSpeed counts micro-steps in ``engine.step()`` and updates the weights only at the
   accumulation boundary, so ``backward`` here is ``engine.backward`` plus ``engine.step``, and each
   phase runs exactly ``grad_accum`` micro-batches. A phase that trains several networks with one
-  loss runs one backward: the first engine's ``backward``, during which the others' output hooks
-  (DeepSpeed's torch-style backward) run their own prologue and reduction.
+  loss (CycleGAN's two translators, an autoencoder) calls their ``engine.module`` and runs one
+  plain backward between every engine's backward prologue and epilogue (the gradient reduction):
+  DeepSpeed's own ``engine.backward`` handles one engine per graph only.
 - R1 / WGAN-GP: the engine's output hook would divide the input gradient by the accumulation
   steps, and at stage 3 autograd would accumulate into released parameters. The network is
   instead evaluated with ``torch.func.functional_call`` of a parameter-free (meta) copy on the
@@ -80,12 +81,14 @@ class ZeroAdapter:
     NEEDED = {1: ("single_partition_of_fp32_groups", "optimizer", "check_grad_overflow"),
               2: ("single_partition_of_fp32_groups", "optimizer", "check_grad_overflow"),
               3: ("fp32_partitioned_groups_flat", "sub_group_to_group_id", "optimizer")}
+    ENGINE_NEEDED = ("_backward_prologue", "_backward_epilogue", "_running_engine_backward")
 
     def __init__(self, engine, stage: int, name: str):
         import deepspeed
 
         self.zopt, self.stage = engine.optimizer, stage
         missing = [a for a in self.NEEDED[stage] if not hasattr(self.zopt, a)]
+        missing += [f"engine.{a}" for a in self.ENGINE_NEEDED if not hasattr(engine, a)]
         if missing:
             raise RuntimeError(
                 f"DeepSpeed {deepspeed.__version__}: the ZeRO stage {stage} optimizer of "
@@ -109,6 +112,22 @@ class ZeroAdapter:
     def clear_backward_seen(self) -> None:
         """What ``engine.forward`` does for a micro-batch, for a forward outside the engine."""
         self.zopt.clear_backward_seen_flag()
+
+    @staticmethod
+    def joint_backward(engines: list, loss: torch.Tensor) -> None:
+        """One backward of ``loss`` into several engines' modules: each engine's prologue, the
+        plain backward (ZeRO's parameter hooks partition the gradients), each engine's
+        epilogue (the reduction)."""
+        for engine in engines:
+            engine._running_engine_backward = True
+            engine._backward_prologue()
+        try:
+            loss.backward()
+            for engine in engines:
+                engine._backward_epilogue()
+        finally:
+            for engine in engines:
+                engine._running_engine_backward = False
 
 
 class DeepSpeedStrategy(Strategy):
@@ -184,17 +203,22 @@ class DeepSpeedStrategy(Strategy):
 
     # ------------------------------------------------------------------------------ the phases
 
-    def trainable(self, name: str) -> nn.Module:
+    def trainable(self, name: str, together: tuple[str, ...] = ()) -> nn.Module:
         self._freeze_idle_units(name)
+        if len(together) > 1:  # a joint phase: the plain module, see ``backward``
+            self.zero[name].clear_backward_seen()
+            return self.engines[name].module
         return self.engines[name]
 
     def zero_grad(self, name: str) -> None:
         """The engines clear gradients themselves after each optimizer step."""
 
     def backward(self, names: tuple[str, ...], loss: torch.Tensor) -> None:
-        # the trainer already divided by grad_accum; the other engines of a joint phase reduce
-        # their gradients in their own output hooks during this backward
-        self.engines[names[0]].backward(loss, scale_wrt_gas=False)
+        # the trainer already divided by grad_accum
+        if len(names) > 1:
+            ZeroAdapter.joint_backward([self.engines[n] for n in names], loss)
+        else:
+            self.engines[names[0]].backward(loss, scale_wrt_gas=False)
         for name in names:
             engine = self.engines[name]
             if not engine.is_gradient_accumulation_boundary():

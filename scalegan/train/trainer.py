@@ -312,7 +312,7 @@ class Trainer:
         nets: dict = dict(self.nets)
         for name in spec.trains:
             if name != spec.input_gradient:
-                nets[name] = self.strategy.trainable(name)
+                nets[name] = self.strategy.trainable(name, spec.trains)
         if spec.input_gradient is None:
             yield nets
             return
