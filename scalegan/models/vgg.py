@@ -24,11 +24,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def feature_index(layer: str) -> int:
     """Index in ``features`` of the ReLU after convolution j before max-pool i, for
-    ``layer="i_j"`` (SRGAN's phi_{5,4} is "5_4")."""
+    ``layer="convi_j"`` (SRGAN's phi_{5,4} is "conv5_4")."""
     try:
-        block, conv = (int(v) for v in layer.split("_"))
+        if not layer.startswith("conv"):
+            raise ValueError
+        block, conv = (int(v) for v in layer[4:].split("_"))
     except ValueError:
-        raise ValueError(f"VGG layer {layer!r}: expected i_j, e.g. 5_4") from None
+        raise ValueError(f"VGG layer {layer!r}: expected convi_j, e.g. conv5_4") from None
     index, seen_block, seen_conv = 0, 1, 0
     for item in VGG19_LAYERS:
         if item == "M":
@@ -43,10 +45,10 @@ def feature_index(layer: str) -> int:
 
 
 class VGG19Features(nn.Module):
-    """``features`` of VGG19 up to layer ``i_j``; takes images in [-1, 1] (grayscale repeated to
+    """``features`` of VGG19 up to layer ``convi_j``; takes images in [-1, 1] (grayscale repeated to
     RGB) and normalises them as the ImageNet weights expect."""
 
-    def __init__(self, layer: str = "5_4"):
+    def __init__(self, layer: str = "conv5_4"):
         super().__init__()
         modules: list[nn.Module] = []
         channels = 3
@@ -82,7 +84,7 @@ def vgg19_weights_path(path: str = "") -> Path:
     return p
 
 
-def load_vgg19(path: str = "", layer: str = "5_4") -> VGG19Features:
+def load_vgg19(path: str = "", layer: str = "conv5_4") -> VGG19Features:
     """VGG19 features up to ``layer`` with the weights of the local file (frozen, eval mode)."""
     p = vgg19_weights_path(path)
     net = VGG19Features(layer)

@@ -136,9 +136,9 @@ def test_two_ranks_match_one_process(strategy, tmp_path):
     ranks = run_ranks(2, train_fixed, FAMILY, SHAPES, strategy, tmp_path / "multi", extra, STEPS,
                       tmp_path=tmp_path)
     if strategy.startswith("deepspeed"):
-        # ZeRO-3 runs float32 (it refuses float64 modules): Adam scales the float32 rounding of
-        # the cancelled biases' zero gradients up to steps of the learning rate's size. They
-        # change no output; every other tensor is held to the usual tolerance.
+        # ZeRO-3 runs float32: Adam scales the float32 rounding of the cancelled biases' zero
+        # gradients up to steps of the learning rate's size. They change no output; every other
+        # tensor is held to the usual tolerance.
         nets = CycleGAN.networks(load_config(None, tiny_overrides(tmp_path, FAMILY)).model)
         cancelled = {f"{k}" for name, net in nets.items()
                      for k in cancelled_biases(net, name)}
