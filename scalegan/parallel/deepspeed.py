@@ -10,14 +10,14 @@ single-model DeepSpeed run, each item checked against plain Adam on one process
 - DeepSpeed counts micro-steps in ``engine.step()`` and updates the weights only at the
   accumulation boundary, so ``backward`` here is ``engine.backward`` plus ``engine.step``, and each
   phase runs exactly ``grad_accum`` micro-batches. A phase that trains several networks with one
-  loss (CycleGAN's two translators, an autoencoder) calls their ``engine.module`` and runs one
+  loss (two translators, an encoder and its decoder) calls their ``engine.module`` and runs one
   plain backward between every engine's backward prologue and epilogue (the gradient reduction):
   DeepSpeed's own ``engine.backward`` handles one engine per graph only.
 - R1 / WGAN-GP: the engine's output hook would divide the input gradient by the accumulation
   steps, and at stage 3 autograd would accumulate into released parameters. The network is
   instead evaluated with ``torch.func.functional_call`` of a parameter-free (meta) copy on the
   engine's parameters, gathered for the whole block at stage 3.
-- Progressive growing: ZeRO keeps one flat Adam state per parameter group. With one group per
+- Growing networks: ZeRO keeps one flat Adam state per parameter group. With one group per
   unit (``unit_param_groups``), a unit's state is reset when it first runs, as Adam starts a
   parameter's state at its first gradient, and its moments are cleared when it stops running (a
   toRGB after its fade-out), so the zero gradients ZeRO gives it do not move it on momentum. At
@@ -72,7 +72,7 @@ class ZeroAdapter:
     """Every access to ZeRO's private attributes, checked at start-up.
 
     scalegan resets the Adam state of a unit's flat partition when the unit starts or stops
-    running (progressive growing), and asks ZeRO to skip steps with non-finite gradients. Both
+    running (a growing network), and asks ZeRO to skip steps with non-finite gradients. Both
     need attributes of DeepSpeed's ZeRO optimizers that are not public API; a DeepSpeed version
     without them is refused with the version this was written against.
     """
@@ -173,7 +173,7 @@ class DeepSpeedStrategy(Strategy):
             self.current[name] = None
         self.optimizers = dict(optimizers)
 
-    # --------------------------------------------------------------- units of progressive growing
+    # ------------------------------------------------------------------ units of growing networks
 
     def begin_step(self, previous: dict[str, set[str] | None],
                    current: dict[str, set[str] | None]) -> None:

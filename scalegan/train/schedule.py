@@ -1,4 +1,5 @@
-"""The progressive-growing schedule: images seen -> (resolution, fade alpha)."""
+"""The stage of a run (resolution, fade alpha) and the growing schedule that maps images seen to
+it (Karras et al. 2018)."""
 
 from __future__ import annotations
 
