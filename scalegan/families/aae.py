@@ -168,28 +168,36 @@ class AAE(Family):
 
     @torch.no_grad()
     def evaluate(self, nets, env, ec, stage: Phase) -> dict[str, float]:
-        """On the held-out images (eval.real; by default the training shards): the
-        reconstruction MSE per pixel (in [-1, 1] units), and the largest absolute difference
-        between the codes' mean and covariance and the prior's."""
+        """The reconstruction MSE per pixel (in [-1, 1] units) on the held-out images (eval.real;
+        by default the training shards), and how far the aggregated posterior q(z) of the
+        training images (data.shards) is from the prior: the largest absolute difference of its
+        mean and of its covariance from the prior's (and the same of the held-out codes)."""
         mc, dc = self.mc, self.cfg.data
-        x = read_images(ec.real or dc.shards, mc.resolution, channels=mc.img_channels,
-                        num=ec.num_real, key="eval.real" if ec.real else "data.shards",
-                        allow_unindexed=dc.allow_unindexed)
+        held_out = read_images(ec.real or dc.shards, mc.resolution, channels=mc.img_channels,
+                               num=ec.num_real, key="eval.real" if ec.real else "data.shards",
+                               allow_unindexed=dc.allow_unindexed)
+        training = read_images(dc.shards, mc.resolution, channels=mc.img_channels,
+                               key="data.shards", allow_unindexed=dc.allow_unindexed)
         enc, dec = nets["encoder"], nets["decoder"]
-        device = next(enc.parameters()).device
-        codes, errors = [], []
-        for xb in x.split(ec.batch_size):
-            z = enc(xb.to(device).to(next(enc.parameters()).dtype))
-            codes.append(z.double().cpu())
-            errors.append((dec(z).double().cpu() - xb.double()).square().mean(dim=(1, 2, 3)))
-        z = torch.cat(codes)
+        param = next(enc.parameters())
         mean, cov = prior_moments(mc.prior, mc.code_dim, mc.components)
-        z_mean = z.mean(0)
-        z_cov = torch.cov(z.T, correction=0).reshape(mc.code_dim, mc.code_dim)
-        return {"recon_mse": float(torch.cat(errors).mean()),
-                "posterior_mean_error": float((z_mean - mean).abs().max()),
-                "posterior_cov_error": float((z_cov - cov).abs().max()),
-                "num_real": float(len(x))}
+
+        def codes(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([enc(xb.to(param.device, param.dtype)).double().cpu()
+                              for xb in x.split(ec.batch_size)])
+
+        def moments_error(z: torch.Tensor) -> tuple[float, float]:
+            z_cov = torch.cov(z.T, correction=0).reshape(mc.code_dim, mc.code_dim)
+            return float((z.mean(0) - mean).abs().max()), float((z_cov - cov).abs().max())
+
+        z = codes(held_out)
+        recon = torch.cat([dec(zb.to(param.device, param.dtype)).double().cpu()
+                           for zb in z.split(ec.batch_size)])
+        out = {"recon_mse": float((recon - held_out.double()).square().mean())}
+        out["posterior_mean_error"], out["posterior_cov_error"] = moments_error(codes(training))
+        out["heldout_mean_error"], out["heldout_cov_error"] = moments_error(z)
+        out["num_real"], out["num_train"] = float(len(held_out)), float(len(training))
+        return out
 
 
 FAMILY = AAE

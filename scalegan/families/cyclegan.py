@@ -161,7 +161,7 @@ class CycleGAN(Family):
         pair = Pair(self._images(batches["a"]), self._images(batches["b"]))
         if self.sample_pair is None:
             k = self.cfg.log.sample_grid
-            self.sample_pair = (pair.a[:k].detach().cpu(), pair.b[:k].detach().cpu())
+            self.sample_pair = (pair.a[:k].detach().clone(), pair.b[:k].detach().clone())
         return pair
 
     # ----------------------------------------------------------------------------------- losses
@@ -197,7 +197,7 @@ class CycleGAN(Family):
         rank updates the same pool and the result does not depend on the world size."""
         size, svc = self.mc.pool_size, self.svc
         n = fakes.shape[0]
-        if size == 0:
+        if size == 0 or fakes.is_meta:  # no pool, or shapes only (a memory count)
             return fakes
         pool, count = self.pools[domain], self.pool_counts[domain]
         full = svc.gather(fakes.to(pool.dtype))

@@ -141,7 +141,7 @@ class SRGAN(Family):
             hr = hr.mean(1, keepdim=True)
         hr = hr.to(svc.device)
         if self.sample_hr is None:
-            self.sample_hr = hr[:self.cfg.log.sample_grid].detach().cpu()
+            self.sample_hr = hr[:self.cfg.log.sample_grid].detach().clone()
         return Pair(downscale(hr, self.mc.scale), hr)
 
     # ----------------------------------------------------------------------------------- losses

@@ -32,6 +32,7 @@ rounded to 8 bits of mantissa would be off by ``d * 2**-8`` relatively, and the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -79,7 +80,9 @@ def _project(features: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """
     a, b, c = T.shape
     dtype = torch.promote_types(torch.promote_types(features.dtype, T.dtype), torch.float32)
-    with torch.autocast(features.device.type, enabled=False):
+    off = (contextlib.nullcontext() if features.is_meta  # shapes only: no autocast there
+           else torch.autocast(features.device.type, enabled=False))
+    with off:
         m = features.to(dtype) @ T.to(dtype).reshape(a, b * c)
     return m.reshape(features.shape[0], b, c)
 
