@@ -6,7 +6,7 @@ in one process, and measures the mean absolute error of G_BA(G_AB(a)) against a 
 G_AB(G_BA(b)) against b on the held-out images, at step 0 and at the end. The last line is the
 larger of the two end / start ratios.
 
-    python benchmarks/cyclegan_cycle_error.py [--kimg 16] [--threads 2]
+    python benchmarks/cyclegan_cycle_error.py [--kimg 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from _families import train_and_evaluate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kimg", type=float, default=16.0)
+    parser.add_argument("--kimg", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the run in this directory")
     args = parser.parse_args()
