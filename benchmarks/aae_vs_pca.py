@@ -13,16 +13,12 @@ paper defines it) and over the held-out ones. The last line is the AAE's MSE ove
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
 import torch
 
 from scalegan.data.demo import pack_demo_digits
 from scalegan.data.pipeline import read_images
 
-from _families import train_and_evaluate
+from _families import parse_args, train_and_evaluate, workspace
 
 
 def pca_mse(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
@@ -36,14 +32,8 @@ def pca_mse(train: torch.Tensor, test: torch.Tensor, k: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kimg", type=float, default=100.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep", default=None, help="keep the run in this directory")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        data, runs = Path(tmp) / "data", Path(args.keep or Path(tmp) / "runs")
+    args = parse_args(__doc__, 100.0)
+    with workspace(args.keep) as (data, runs):
         pack_demo_digits(data)
         trainer, before, after, seconds = train_and_evaluate(
             "configs/demo_digits8_aae.yaml",

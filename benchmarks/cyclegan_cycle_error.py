@@ -11,26 +11,14 @@ larger of the two end / start ratios.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
-import torch
-
 from scalegan.data.demo import pack_demo_domains
 
-from _families import train_and_evaluate
+from _families import parse_args, train_and_evaluate, workspace
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kimg", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep", default=None, help="keep the run in this directory")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        data, runs = Path(tmp) / "data", Path(args.keep or Path(tmp) / "runs")
+    args = parse_args(__doc__, 4.0)
+    with workspace(args.keep) as (data, runs):
         pack_demo_domains(data, resolution=32)
         _, before, after, seconds = train_and_evaluate(
             "configs/demo_faces32_cyclegan.yaml",

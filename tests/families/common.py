@@ -10,6 +10,7 @@ import json
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from scalegan.cli import main
 from scalegan.config import load_config
@@ -107,6 +108,28 @@ def full_state(trainer: Trainer) -> dict[str, torch.Tensor]:
                     for k, v in trainer.strategy.full_state_dict(model).items()})
     out.update({f"family.{k}": v.clone() for k, v in trainer.family.state_dict().items()})
     return out
+
+
+class Fn(nn.Module):
+    """A stand-in network computing ``fn`` (for losses checked by hand)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def train_and_evaluate(overrides: list[str]) -> tuple[Trainer, dict, dict]:
+    """Train a run to its end; the family's held-out metrics before and after."""
+    trainer = Trainer(load_config(None, overrides))
+    stage = trainer.phase()
+    before = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, stage)
+    trainer.train()
+    trainer.close()
+    after = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, stage)
+    return trainer, before, after
 
 
 class StubServices:

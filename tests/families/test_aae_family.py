@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from scalegan.cli import main
 from scalegan.config import load_config
@@ -17,16 +16,17 @@ from scalegan.families.aae import AAE, Batch
 from scalegan.models.aae import sample_prior
 from scalegan.parallel.env import DistEnv
 from scalegan.train.schedule import Phase
-from scalegan.train.trainer import Trainer
 
 from families.common import (
     FixedStream,
+    Fn,
     StubServices,
     assert_bad_inputs_are_named,
     assert_matches,
     assert_resume_is_exact,
     shards_to_folder,
     tiny_overrides,
+    train_and_evaluate,
     train_fixed,
 )
 from parallel.spawn import run_ranks
@@ -36,14 +36,6 @@ FAMILY = ["model.arch=aae", "model.resolution=8", "model.img_channels=1", "model
 SHAPES = {"data": (1, 8)}
 STAGE = Phase(8, 1.0)
 
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 STUB_NETS = {"encoder": Fn(lambda x: x.flatten(1)[:, :2]),
@@ -125,11 +117,7 @@ def test_trains_on_the_built_in_digits_then_decodes_and_reconstructs(tmp_path, d
                  "model.prior=gaussian", "train.total_kimg=6", "train.batch_size=64",
                  "optim.g_lr=0.001", "optim.d_lr=0.001", "optim.beta1=0.5",
                  "checkpoint.every_kimg=1000")
-    trainer = Trainer(load_config(None, over))
-    before = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, STAGE)
-    trainer.train()
-    trainer.close()
-    after = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, STAGE)
+    trainer, before, after = train_and_evaluate(over)
     assert after["recon_mse"] < 0.5 * before["recon_mse"], (before, after)
     run = trainer.run_dir
     assert main(["generate", str(run), "--num", "16", "--out", str(tmp_path / "g.png")]) == 0

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from scalegan.cli import main
 from scalegan.config import load_config
@@ -19,16 +18,17 @@ from scalegan.metrics.features import MissingWeightsError
 from scalegan.models.vgg import VGG19Features
 from scalegan.parallel.env import DistEnv
 from scalegan.train.schedule import Phase
-from scalegan.train.trainer import Trainer
 
 from families.common import (
     FixedStream,
+    Fn,
     StubServices,
     assert_bad_inputs_are_named,
     assert_matches,
     assert_resume_is_exact,
     shards_to_folder,
     tiny_overrides,
+    train_and_evaluate,
     train_fixed,
 )
 from parallel.spawn import run_ranks
@@ -38,14 +38,6 @@ FAMILY = ["model.arch=srgan", "model.resolution=32", "model.img_channels=1", "mo
 SHAPES = {"data": (1, 32)}
 STAGE = Phase(32, 1.0)
 
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 STUB_NETS = {"G": Fn(lambda x: F.interpolate(x, scale_factor=4, mode="nearest")),
@@ -149,11 +141,7 @@ def test_trains_on_the_built_in_faces_and_upscales_a_folder(tmp_path, faces):
                  "model.d_channels=8", "train.total_kimg=1.6", "train.pretrain_kimg=1.2",
                  "train.batch_size=16", "optim.g_lr=0.001", "optim.d_lr=0.0001",
                  "checkpoint.every_kimg=1000")
-    trainer = Trainer(load_config(None, over))
-    before = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, STAGE)
-    trainer.train()
-    trainer.close()
-    after = trainer.family.evaluate(trainer.ema, DistEnv(), trainer.cfg.eval, STAGE)
+    trainer, before, after = train_and_evaluate(over)
     # held-out PSNR: far below bicubic's at step 0, near it after 1.6 kimg
     assert after["psnr"] > before["psnr"] + 5, (before, after)
     assert after["psnr_bicubic"] == before["psnr_bicubic"]
