@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from scalegan.config import Config
+from scalegan.models import count_parameters
 from scalegan.monitor.grid import save_grid
 from scalegan.train.schedule import Phase
 
@@ -225,10 +226,14 @@ class Family:
         """The images of a sample grid (N, C, H, W) in [-1, 1]."""
         raise NotImplementedError
 
+    def grid_columns(self, num: int) -> int | None:
+        """Images per row of a grid of ``num`` (None: a square grid)."""
+        return None
+
     def write_samples(self, images: torch.Tensor, paths: list[Path]) -> dict[str, float]:
         """Save a grid at each of ``paths``; scalars to log with it."""
         for p in paths:
-            save_grid(images, p)
+            save_grid(images, p, ncols=self.grid_columns(images.shape[0]))
         return {}
 
     def generate(self, nets: Mapping[str, nn.Module], num: int, seed: int, stage: Phase,
@@ -255,8 +260,3 @@ def full(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 when autocast left it in bf16 / fp16; otherwise as it is (a float64 run
     keeps float64)."""
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-

@@ -184,12 +184,8 @@ class SRGAN(Family):
         lr = downscale(hr, self.mc.scale)
         return torch.cat([upscale_bicubic(lr, self.mc.scale), G(lr).clamp(-1, 1), hr], dim=3)
 
-    def write_samples(self, images, paths):
-        from scalegan.monitor.grid import save_grid
-
-        for p in paths:
-            save_grid(images, p, ncols=1)
-        return {}
+    def grid_columns(self, num: int) -> int:
+        return 1  # one row per sample: bicubic | G | original
 
     def from_images(self, nets, images: torch.Tensor, options: dict) -> torch.Tensor:
         G = nets["G"]
