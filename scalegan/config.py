@@ -76,9 +76,14 @@ class ModelConfig:
     """StackGAN: each stage D's feature maps after its first convolution (doubled per
     downsampling, up to 8x)."""
     condition: Literal["none", "label", "embedding"] = "none"
-    """StackGAN conditioning, read from each sample's JSON in the shards (``scalegan pack
-    --labels``): none; label (a class id, "label"); embedding (a vector, "attributes", through
-    conditioning augmentation with its KL term)."""
+    """Conditioning, read from each sample's JSON in the shards (``scalegan pack --labels``):
+    none; label (a class id, "label": every arch); embedding (a vector, "attributes", through
+    conditioning augmentation with its KL term: StackGAN only)."""
+    cond_d: Literal["concat", "projection"] = "projection"
+    """condition=label outside StackGAN: how D takes the label. concat: its embedding joined to
+    D's input (mlp) or to its last 4x4 features (dcgan, progressive), as in Mirza & Osindero
+    2014; projection: the inner product of the embedding with D's last features added to the
+    logit (Miyato & Koyama 2018)."""
     num_classes: int = 0
     """Classes for condition=label (class ids 0 .. num_classes - 1)."""
     embedding_dim: int = 0
@@ -89,6 +94,16 @@ class ModelConfig:
     """MLP: units of each hidden layer of G and D."""
     mlp_layers: int = 3
     """MLP: hidden layers of G and of D."""
+    mlp_maxout: int = 0
+    """MLP: pieces of each maxout unit of D's hidden layers (Goodfellow et al. 2013; the
+    original GAN's D); 0: LeakyReLU(0.2) units."""
+    mlp_dropout: float = 0.0
+    """MLP: dropout probability on the inputs of D's hidden and output layers (the original
+    GAN's D; its masks drawn from the run's shared RNG); 0 disables it."""
+    spectral_norm: Literal["none", "d", "both"] = "none"
+    """Spectral normalisation (Miyato et al. 2018) of every convolution and linear layer's
+    weight: none, D's only ("d"), or D's and G's ("both"). Its power-iteration vectors are
+    buffers: checkpointed and identical on every rank."""
 
     @property
     def stages(self) -> int:
@@ -113,6 +128,13 @@ class ModelConfig:
         _check(self.mbdisc_dim >= 1, "model.mbdisc_dim", self.mbdisc_dim, ">= 1")
         _check(self.condition in ("none", "label", "embedding"), "model.condition",
                self.condition, "none | label | embedding")
+        _check(self.cond_d in ("concat", "projection"), "model.cond_d", self.cond_d,
+               "concat | projection")
+        _check(self.mlp_maxout >= 0 and self.mlp_maxout != 1, "model.mlp_maxout",
+               self.mlp_maxout, "0 (no maxout) or >= 2 pieces")
+        _check(0 <= self.mlp_dropout < 1, "model.mlp_dropout", self.mlp_dropout, "0 <= p < 1")
+        _check(self.spectral_norm in ("none", "d", "both"), "model.spectral_norm",
+               self.spectral_norm, "none | d | both")
         if self.arch == "stackgan":
             _check(_is_pow2(self.base_resolution) and 8 <= self.base_resolution
                    <= self.resolution, "model.base_resolution", self.base_resolution,
@@ -127,8 +149,12 @@ class ModelConfig:
                 _check(self.embedding_dim >= 1, "model.embedding_dim", self.embedding_dim,
                        ">= 1 with model.condition=embedding")
         else:
-            _check(self.condition == "none", "model.condition", self.condition,
-                   f"none with model.arch={self.arch} (conditioning is model.arch=stackgan's)")
+            _check(self.condition in ("none", "label"), "model.condition", self.condition,
+                   f"none | label with model.arch={self.arch} (embedding is StackGAN's)")
+            if self.condition == "label":
+                _check(self.num_classes >= 2, "model.num_classes", self.num_classes,
+                       ">= 2 with model.condition=label")
+                _check(self.cond_dim >= 1, "model.cond_dim", self.cond_dim, ">= 1")
 
     def channels(self, res: int) -> int:
         """Feature maps of the block that works at ``res`` x ``res``."""
@@ -172,35 +198,57 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    kind: Literal["adam", "rmsprop"] = "adam"
+    """Optimizer of every network: Adam (beta1, beta2, eps) or RMSProp (alpha, eps; the
+    original WGAN's and DualGAN's)."""
     g_lr: float = 1e-3
-    """Adam learning rate of G."""
+    """Learning rate of G (and of the family's other generator-side networks)."""
     d_lr: float = 1e-3
-    """Adam learning rate of D."""
+    """Learning rate of D (and of the family's other critics)."""
     beta1: float = 0.0
     beta2: float = 0.99
+    alpha: float = 0.99
+    """RMSProp's smoothing constant (PyTorch's default, as the WGAN code uses)."""
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
         for name in ("g_lr", "d_lr", "eps"):
             v = getattr(self, name)
             _check(v > 0, f"optim.{name}", v, "> 0")
-        for name in ("beta1", "beta2"):
+        _check(self.kind in ("adam", "rmsprop"), "optim.kind", self.kind, "adam | rmsprop")
+        for name in ("beta1", "beta2", "alpha"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"optim.{name}", v, "0 <= value < 1")
 
 
+LOSS_KINDS = ("nonsaturating", "minimax", "lsgan", "hinge", "wgan", "wgan_gp", "rpgan")
+
+
 @dataclass
 class LossConfig:
-    kind: Literal["nonsaturating", "wgan_gp", "hinge"] = "nonsaturating"
-    """Adversarial loss: non-saturating logistic, WGAN-GP (with drift) or hinge."""
+    kind: Literal["nonsaturating", "minimax", "lsgan", "hinge", "wgan", "wgan_gp",
+                  "rpgan"] = "nonsaturating"
+    """Adversarial loss of the single-D families: non-saturating logistic; minimax (the
+    saturating original, G minimises log(1 - D(G(z)))); lsgan (least squares, targets 0/1);
+    hinge; wgan (critic weights clipped to +-loss.clip); wgan_gp (gradient penalty and drift);
+    rpgan (relativistic pairing, softplus(D(fake) - D(real)))."""
     r1_gamma: float = 0.0
     """R1 weight on real images (0 disables); applied lazily every r1_interval steps."""
+    r2_gamma: float = 0.0
+    """R2 weight on generated images (0 disables); lazy with R1, in the same phase."""
     r1_interval: int = 16
-    """Steps between R1 evaluations; the penalty is scaled by the interval (lazy regularisation)."""
+    """Steps between R1 (and R2) evaluations; the penalty is scaled by the interval (lazy
+    regularisation)."""
     gp_weight: float = 10.0
     """WGAN-GP gradient-penalty weight (lambda)."""
     drift: float = 1e-3
     """WGAN-GP drift term weight (epsilon_drift * D(real)^2)."""
+    clip: float = 0.01
+    """kind=wgan: D's weights are clamped to [-clip, clip] after each of its updates."""
+    margin: float = 10.0
+    """EBGAN: the margin m of D's hinge on fakes' energy, [m - D(G(z))]^+."""
+    pt_weight: float = 0.1
+    """EBGAN: weight of the pulling-away term in G's loss (0 disables it)."""
     uncond_weight: float = 1.0
     """StackGAN, conditional runs: weight of the unconditional terms beside the conditional ones
     (StackGAN-v2's UNCOND_LOSS)."""
@@ -212,13 +260,15 @@ class LossConfig:
     loss (StackGAN-v2's birds config)."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("nonsaturating", "wgan_gp", "hinge"), "loss.kind", self.kind,
-               "nonsaturating | wgan_gp | hinge")
+        _check(self.kind in LOSS_KINDS, "loss.kind", self.kind, " | ".join(LOSS_KINDS))
         _check(self.r1_gamma >= 0, "loss.r1_gamma", self.r1_gamma, ">= 0")
+        _check(self.r2_gamma >= 0, "loss.r2_gamma", self.r2_gamma, ">= 0")
         _check(self.r1_interval >= 1, "loss.r1_interval", self.r1_interval, ">= 1")
         _check(self.gp_weight >= 0, "loss.gp_weight", self.gp_weight, ">= 0")
         _check(self.drift >= 0, "loss.drift", self.drift, ">= 0")
-        for name in ("uncond_weight", "color_weight", "kl_weight"):
+        _check(self.clip > 0, "loss.clip", self.clip, "> 0")
+        _check(self.margin > 0, "loss.margin", self.margin, "> 0")
+        for name in ("pt_weight", "uncond_weight", "color_weight", "kl_weight"):
             v = getattr(self, name)
             _check(v >= 0, f"loss.{name}", v, ">= 0")
 
@@ -265,9 +315,14 @@ class TrainConfig:
     pretrain_kimg: float = 0.0
     """Thousands of images of a family's pre-training phase before its adversarial phases
     (SRGAN: the MSE-only SRResNet training); families without one ignore it."""
+    d_steps: int = 0
+    """D updates per G update (n_critic): G trains in every d_steps-th step, after its D
+    updates, each on its own batch; 0: 5 with loss.kind=wgan (Arjovsky et al. 2017), else 1.
+    Images seen (total_kimg) count D's real images."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
+        _check(self.d_steps >= 0, "train.d_steps", self.d_steps, ">= 0 (0: the loss's default)")
         _check(self.total_kimg > 0, "train.total_kimg", self.total_kimg, "> 0")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "an integer from 0 to 2^32 - 1")
         _check(self.on_nonfinite in ("skip", "stop", "rollback"), "train.on_nonfinite",
@@ -441,13 +496,29 @@ class Config:
         from scalegan.families import family_class
 
         family = family_class(self.model.arch)
-        _check(family.point_data == (self.data.source == "points"), "data.source",
-               self.data.source, "points with model.arch=mlp (2-D samples), and only then")
+        if family.point_data is not None:
+            _check(family.point_data == (self.data.source == "points"), "data.source",
+                   self.data.source, f"{'points' if family.point_data else 'shards'} with "
+                   f"model.arch={self.model.arch}")
+        menu = {"loss.r2_gamma": (self.loss.r2_gamma, 0.0),
+                "train.d_steps": (self.train.d_steps, 0)}
+        for key, (value, plain) in menu.items():
+            _check(value == plain or key in family.loss_menu, key, value,
+                   f"{plain} with model.arch={self.model.arch}: it has no single D trained "
+                   f"by the loss menu (the families that have: {', '.join(single_d_archs())})")
         family.check(self)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+
+def single_d_archs() -> list[str]:
+    """The model.arch values whose one D is trained by the loss menu (loss.kind, R1, R2,
+    train.d_steps)."""
+    from scalegan.families import archs, family_class
+
+    return [a for a in archs() if "loss.r2_gamma" in family_class(a).loss_menu]
 
 
 # --------------------------------------------------------------------------- building and merging

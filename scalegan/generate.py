@@ -134,11 +134,11 @@ def generate(checkpoint: str | Path, num: int = 64, out: str | Path = "grid.png"
             paths.append(out / f"{f.stem}.png")
             Image.fromarray(arr).save(paths[-1])
         return paths
-    if not individual and not family.point_data:
+    if not individual and not family.on_points:
         image_format(out)
     phase = Phase(meta["phase"]["resolution"], meta["phase"]["alpha"])
     images = family.generate(nets, num, seed, phase, options)
-    if family.point_data:  # 2-D points: one scatter plot over the mixture's modes
+    if family.on_points:  # 2-D points: one scatter plot over the mixture's modes
         if individual:
             raise ValueError("--individual: a 2-D model's samples are drawn as one scatter plot")
         family.write_samples(images, [out])

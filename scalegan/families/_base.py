@@ -52,7 +52,9 @@ class PhaseSpec:
     """Networks the loss runs without training them (informative: every network not in
     ``trains`` is frozen during the phase)."""
     interval: int = 1
-    """The phase runs in steps whose index is a multiple of this."""
+    """The phase runs in steps whose index is ``offset`` modulo this."""
+    offset: int = 0
+    """See ``interval``: G after its ``train.d_steps`` D updates has offset d_steps - 1."""
     input_gradient: str | None = None
     """A network the loss differentiates w.r.t. its input (R1, WGAN-GP): called through the
     strategy's input-gradient path."""
@@ -65,7 +67,8 @@ class PhaseSpec:
 
     def due(self, step: int, images_seen: int = 0) -> bool:
         start, end = self.kimg
-        return step % self.interval == 0 and start * 1000 <= images_seen < end * 1000
+        return (step % self.interval == self.offset
+                and start * 1000 <= images_seen < end * 1000)
 
 
 @dataclass
@@ -116,14 +119,23 @@ class Family:
     nothing; the copy is what generate and eval read."""
     lr_role: Mapping[str, str] = {"G": "g", "D": "d"}
     """Which learning rate of ``optim`` each network uses ("g": optim.g_lr, "d": optim.d_lr)."""
-    point_data: bool = False
-    """Whether the family trains on 2-D points (data.source=points)."""
+    point_data: bool | None = False
+    """Whether the family trains on 2-D points (data.source=points); None: on either, as
+    data.source says."""
+    loss_menu: tuple[str, ...] = ()
+    """Which settings of the loss menu the family reads ("loss.r2_gamma", "train.d_steps"):
+    any other set to a non-default value is a configuration error."""
     metrics: Mapping[str, bool] = {}
     """Metrics of the family's own ``evaluate`` (name -> lower is better; the first ranks
     checkpoints); empty: FID / KID / PR of generated images (``eval.metrics``)."""
 
     def __init__(self, cfg: Config, svc: Services | None = None):
         self.cfg, self.mc, self.svc = cfg, cfg.model, svc
+
+    @property
+    def on_points(self) -> bool:
+        """Whether this run trains on 2-D points (data.source=points) rather than images."""
+        return self.cfg.data.source == "points"
 
     # --------------------------------------------------------------------------- configuration
 
@@ -140,7 +152,36 @@ class Family:
         raise NotImplementedError
 
     def build_networks(self) -> dict[str, nn.Module]:
-        return self.networks(self.mc)
+        """``networks``, with spectral normalisation where ``model.spectral_norm`` asks for it
+        and clipped weights clamped from the start."""
+        nets = self.networks(self.mc)
+        for name in self.spectral_normalised():
+            spectral_normalise(nets[name])
+        for name, c in self.clipped().items():
+            clamp_weights(nets[name].parameters(), c)
+        return nets
+
+    def spectral_normalised(self) -> tuple[str, ...]:
+        """Networks whose weights are spectrally normalised (``model.spectral_norm``: "d" the
+        critics, "both" every network)."""
+        which = getattr(self.mc, "spectral_norm", "none")
+        if which == "none":
+            return ()
+        return tuple(self.networks_of_role("d" if which == "d" else None))
+
+    def networks_of_role(self, role: str | None) -> list[str]:
+        """Network names whose learning rate is ``optim.<role>_lr`` (None: every network)."""
+        return [n for n in self.lr_role if role is None or self.lr_role[n] == role]
+
+    def clipped(self) -> dict[str, float]:
+        """Networks whose weights are clamped to [-c, c] from the start and after each of their
+        updates (the original WGAN's critic), by name."""
+        return {}
+
+    def d_steps(self) -> int:
+        """D updates per G update: ``train.d_steps``, or the loss's default (5 for wgan)."""
+        n = self.cfg.train.d_steps
+        return n if n > 0 else (5 if self.cfg.loss.kind == "wgan" else 1)
 
     def inference_networks(self) -> tuple[str, ...]:
         """Networks ``generate`` and ``eval`` need (read from their ``_ema`` copies)."""
@@ -165,9 +206,13 @@ class Family:
     def optimizers(self, nets: Mapping[str, nn.Module],
                    param_groups: Callable[[nn.Module], list[dict]]
                    ) -> dict[str, torch.optim.Optimizer]:
-        """One Adam per network, on ``param_groups(net)``; a network trained by lazy phases
-        gets lr * c and betas ** c, c = interval / (interval + 1) per lazy phase."""
+        """One optimizer of ``optim.kind`` per network, on ``param_groups(net)``; a network
+        trained by lazy phases gets lr * c and betas ** c (RMSProp: alpha ** c),
+        c = interval / (interval + 1) per lazy phase. A clipped network's optimizer clamps the
+        weights it updates after each of its steps (on whatever tensors hold them: shards,
+        or a ZeRO optimizer's flat fp32 partitions)."""
         oc = self.cfg.optim
+        clipped = self.clipped()
         out = {}
         for name, net in nets.items():
             c = 1.0
@@ -175,8 +220,15 @@ class Family:
                 if spec.lazy and name in spec.trains:
                     c *= spec.interval / (spec.interval + 1)
             lr = oc.g_lr if self.lr_role.get(name, "g") == "g" else oc.d_lr
-            out[name] = torch.optim.Adam(param_groups(net), lr=lr * c,
-                                         betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
+            if oc.kind == "rmsprop":
+                opt = torch.optim.RMSprop(param_groups(net), lr=lr * c, alpha=oc.alpha ** c,
+                                          eps=oc.eps)
+            else:
+                opt = torch.optim.Adam(param_groups(net), lr=lr * c,
+                                       betas=(oc.beta1 ** c, oc.beta2 ** c), eps=oc.eps)
+            if name in clipped:
+                opt.register_step_post_hook(_clamp_after_step(clipped[name]))
+            out[name] = opt
         return out
 
     def learning_rates(self, images_seen: int) -> dict[str, float] | None:
@@ -254,6 +306,32 @@ class Family:
         """The family's own metrics (``metrics``) for `scalegan eval` and periodic evaluation,
         on every rank."""
         raise NotImplementedError
+
+
+def clamp_weights(params, c: float) -> None:
+    """Clamp every tensor of ``params`` to [-c, c] in place."""
+    with torch.no_grad():
+        for p in params:
+            p.clamp_(-c, c)
+
+
+def _clamp_after_step(c: float):
+    def hook(optimizer, args, kwargs):
+        clamp_weights((p for group in optimizer.param_groups for p in group["params"]), c)
+    return hook
+
+
+def spectral_normalise(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018, torch's parametrization: one power iteration
+    per training forward) of every convolution, transposed convolution and linear layer of
+    ``module``."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d)):
+            spectral_norm(m)
+        elif isinstance(m, (nn.ConvTranspose2d,)):
+            spectral_norm(m, dim=1)
 
 
 def full(x: torch.Tensor) -> torch.Tensor:
