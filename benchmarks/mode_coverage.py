@@ -1,12 +1,14 @@
-"""Mode coverage on the 2-D mixtures (the Unrolled-GAN / VEEGAN / PacGAN protocol), with and
-without minibatch discrimination, through scalegan's own trainer.
+"""Mode coverage on the 2-D mixtures (the Unrolled-GAN / VEEGAN / PacGAN protocol): the plain
+GAN with and without minibatch discrimination, the original WGAN, RpGAN + R1 + R2, EBGAN and
+MRGAN, through scalegan's own trainer.
 
 The data are the ring of 8 Gaussians (radius 2, std 0.02) and the 5x5 grid of 25 Gaussians
 (points {-4, -2, 0, 2, 4}^2, std 0.05). The run is configs/grid25_mlp.yaml (`model.arch=mlp`: G and
 D with 3 hidden layers of 128 units, a 2-D latent, batch 128, Adam (lr 1e-3, betas 0 / 0.99), 8000
 steps, the non-saturating loss, and G_ema with a half-life of 10k points) with data.points set to
 the mixture. Variant "mbdisc" keeps its minibatch discrimination (8 kernels of dimension 4) before
-D's output layer; "plain" turns it off.
+D's output layer; "plain" turns it off; "wgan", "rpgan", "ebgan" and "mrgan" are
+configs/grid25_<variant>.yaml (the same MLP widths, latent, batch and number of D steps).
 
 After training, 2500 samples of G_ema are judged with `scalegan.metrics.modes.mode_stats`: a
 sample is high quality within 3 std of its nearest mode; a mode is covered when it is the nearest
@@ -14,7 +16,8 @@ mode of at least one high-quality sample (the VEEGAN / PacGAN rule). `m20` count
 least 20 such samples, KL is the high-quality samples' mode histogram against uniform. Each run
 uses one thread; wall seconds are this machine's, measured in this run.
 
-    python benchmarks/mode_coverage.py [--mixtures grid25,ring8] [--variants mbdisc,plain]
+    python benchmarks/mode_coverage.py [--mixtures grid25,ring8]
+        [--variants mbdisc,plain,wgan,rpgan,ebgan,mrgan]
         [--seeds 0,1,2] [--steps 8000]
 """
 
@@ -33,25 +36,36 @@ from scalegan.data.points import mixture
 from scalegan.metrics.modes import mode_stats
 from scalegan.train.trainer import Trainer
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "grid25_mlp.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SAMPLES = 2500
-VARIANTS = {"mbdisc": [], "plain": ["model.mbdisc_kernels=0"]}
+VARIANTS = {
+    "mbdisc": ("grid25_mlp.yaml", []),
+    "plain": ("grid25_mlp.yaml", ["model.mbdisc_kernels=0"]),
+    "wgan": ("grid25_wgan.yaml", []),
+    "rpgan": ("grid25_rpgan.yaml", []),
+    "ebgan": ("grid25_ebgan.yaml", []),
+    "mrgan": ("grid25_mrgan.yaml", []),
+}
+"""Variant -> (its config in configs/, overrides). Every one is a 3x128 MLP pair with a 2-D
+latent at batch 128 and 8000 steps of D; "plain" is the non-saturating GAN the others are
+compared with."""
 
 
 def run(mix: str, variant: str, seed: int, steps: int, root: str) -> dict:
-    cfg = load_config(CONFIG, [
+    config, overrides = VARIANTS[variant]
+    cfg = load_config(CONFIGS / config, [
         f"runs_dir={root}", f"name={mix}-{variant}-{seed}", f"data.points={mix}",
         f"train.seed={seed}", "log.every_steps=1000", "log.sample_every_kimg=100000",
-        "checkpoint.every_kimg=100000", "log.progress=false", *VARIANTS[variant]])
+        "checkpoint.every_kimg=100000", "log.progress=false", *overrides])
     cfg.train.total_kimg = steps * cfg.train.batch_size / 1000
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.train()
     trainer.close()
     seconds = time.perf_counter() - t0
-    z = torch.randn(SAMPLES, 2, generator=torch.Generator().manual_seed(10_000 + seed))
-    with torch.no_grad():
-        points = trainer.G_ema(z)
+    with torch.no_grad():  # G_ema on latents N(0, I) seeded by 10000 + seed
+        points = trainer.family.generate(trainer.ema, SAMPLES, 10_000 + seed, trainer.phase(),
+                                         {"batch": SAMPLES})
     centers, std = mixture(mix)
     stats = mode_stats(points, centers, std)
     m20 = sum(c >= 20 for c in stats["counts"])

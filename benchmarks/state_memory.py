@@ -32,7 +32,7 @@ from scalegan.config import load_config  # noqa: E402
 from scalegan.models import build_models, count_parameters  # noqa: E402
 from scalegan.parallel import build_strategy, unit_param_groups  # noqa: E402
 from scalegan.parallel.env import init_distributed, shutdown  # noqa: E402
-from scalegan.train.trainer import init_adam_state  # noqa: E402
+from scalegan.train.trainer import init_optimizer_state  # noqa: E402
 
 from parallel.spawn import free_port  # noqa: E402
 
@@ -98,7 +98,7 @@ def _measure(rank: int, world: int, port: int, strategy: str, divisor: int, reso
     opt_G = torch.optim.Adam(unit_param_groups(G), lr=1e-3, betas=(0.0, 0.99))
     opt_D = torch.optim.Adam(unit_param_groups(D), lr=1e-3, betas=(0.0, 0.99))
     if strat.checkpoint_format == "dcp":
-        init_adam_state(opt_G)
+        init_optimizer_state(opt_G)
     strat.setup_optimizers(opt_G, opt_D)
     D.requires_grad_(False)
     G_train = strat.trainable("G")

@@ -11,42 +11,75 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-LOSS_KINDS = ("nonsaturating", "wgan_gp", "hinge")
+from scalegan.config import LOSS_KINDS
 
 
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor,
            drift: float = 0.0) -> torch.Tensor:
-    """Discriminator loss on (N,) logits.
+    """Discriminator loss on (N,) logits, the batch mean of:
 
-    nonsaturating: softplus(D(fake)) + softplus(-D(real))   (Goodfellow et al. 2014)
-    hinge:         relu(1 - D(real)) + relu(1 + D(fake))    (Lim & Ye 2017)
-    wgan_gp:       D(fake) - D(real) + drift * D(real)^2    (Gulrajani 2017; drift from Karras 2018)
+    nonsaturating, minimax: softplus(D(fake)) + softplus(-D(real))   (Goodfellow et al. 2014)
+    lsgan:   ((D(real) - 1)^2 + D(fake)^2) / 2                       (Mao et al. 2017, 0-1-1)
+    hinge:   relu(1 - D(real)) + relu(1 + D(fake))                   (Lim & Ye 2017)
+    wgan:    D(fake) - D(real)                                       (Arjovsky et al. 2017)
+    wgan_gp: D(fake) - D(real) + drift * D(real)^2                   (Gulrajani 2017; Karras 2018)
+    rpgan:   softplus(D(fake_i) - D(real_i)), real and fake paired by position
+             (Jolicoeur-Martineau 2019; Huang et al. 2024)
     """
-    real_logits, fake_logits = real_logits.float(), fake_logits.float()
-    if kind == "nonsaturating":
-        loss = F.softplus(fake_logits) + F.softplus(-real_logits)
+    r, f = real_logits.float(), fake_logits.float()
+    if kind in ("nonsaturating", "minimax"):
+        loss = F.softplus(f) + F.softplus(-r)
+    elif kind == "lsgan":
+        loss = ((r - 1.0).square() + f.square()) / 2
     elif kind == "hinge":
-        loss = F.relu(1.0 - real_logits) + F.relu(1.0 + fake_logits)
+        loss = F.relu(1.0 - r) + F.relu(1.0 + f)
+    elif kind == "wgan":
+        loss = f - r
     elif kind == "wgan_gp":
-        loss = fake_logits - real_logits + drift * real_logits.square()
+        loss = f - r + drift * r.square()
+    elif kind == "rpgan":
+        loss = F.softplus(f - r)
     else:
         raise ValueError(f"unknown loss kind {kind!r}: expected one of {LOSS_KINDS}")
     return loss.mean()
 
 
-def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator loss on (N,) logits: softplus(-D(fake)) (non-saturating) or -D(fake)."""
-    fake_logits = fake_logits.float()
+def g_loss(kind: str, fake_logits: torch.Tensor,
+           real_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator loss on (N,) logits, the batch mean of:
+
+    nonsaturating: softplus(-D(fake))            (= -log sigmoid D(G(z)))
+    minimax:       -softplus(D(fake))            (= log(1 - sigmoid D(G(z))), the saturating one)
+    lsgan:         (D(fake) - 1)^2 / 2
+    hinge, wgan, wgan_gp: -D(fake)
+    rpgan:         softplus(D(real_i) - D(fake_i)) (needs ``real_logits``)
+    """
+    f = fake_logits.float()
     if kind == "nonsaturating":
-        return F.softplus(-fake_logits).mean()
-    if kind in ("hinge", "wgan_gp"):
-        return (-fake_logits).mean()
+        return F.softplus(-f).mean()
+    if kind == "minimax":
+        return (-F.softplus(f)).mean()
+    if kind == "lsgan":
+        return ((f - 1.0).square() / 2).mean()
+    if kind in ("hinge", "wgan", "wgan_gp"):
+        return (-f).mean()
+    if kind == "rpgan":
+        if real_logits is None:
+            raise ValueError("loss.kind=rpgan: G's loss pairs each fake with a real image's "
+                             "logit; real_logits is required")
+        return F.softplus(real_logits.float() - f).mean()
     raise ValueError(f"unknown loss kind {kind!r}: expected one of {LOSS_KINDS}")
+
+
+def needs_real_logits(kind: str) -> bool:
+    """Whether G's loss of ``kind`` reads D's logits of real images (relativistic losses)."""
+    return kind == "rpgan"
 
 
 def r1_penalty(real_logits: torch.Tensor | Sequence[torch.Tensor],
                real_images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): ||dD(x)/dx||^2 per real sample, shape (N,).
+    """R1 (Mescheder et al. 2018): ||dD(x)/dx||^2 per real sample, shape (N,); given fakes
+    instead, it is R2 (the same penalty on generated samples).
 
     ``real_images`` must require grad and ``real_logits`` be computed from it. The graph is kept
     (create_graph=True) so the penalty can be minimised w.r.t. D's weights. A multi-scale D

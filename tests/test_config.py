@@ -36,7 +36,7 @@ def test_brace_pattern_override_stays_a_string():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["optim.lr=1"], "unknown key optim.lr: allowed keys under optim are g_lr, d_lr"),
+    (["optim.lr=1"], "unknown key optim.lr: allowed keys under optim are kind, g_lr, d_lr"),
     (["model=3"], "model must be a mapping"),
     (["train.precision=fp16"], "train.precision='fp16' is not allowed: expected fp32 | bf16"),
     (["data.xflip=maybe"], "data.xflip='maybe' has the wrong type: expected bool"),
@@ -51,8 +51,20 @@ def test_brace_pattern_override_stays_a_string():
      "model.resolution=32"),
     (["model.arch=stackgan", "model.condition=label"],
      "model.num_classes=0 is not allowed: expected >= 2 with model.condition=label"),
-    (["model.condition=label"], "model.condition='label' is not allowed: expected none with "
-     "model.arch=progressive"),
+    (["model.condition=label"],
+     "model.num_classes=0 is not allowed: expected >= 2 with model.condition=label"),
+    (["model.condition=embedding"], "model.condition='embedding' is not allowed: expected "
+     "none | label with model.arch=progressive"),
+    (["model.condition=label", "model.num_classes=3", "data.source=points", "model.arch=mlp"],
+     "model.condition='label' is not allowed: expected none with data.source=points"),
+    (["loss.r2_gamma=1", "model.arch=cyclegan", "model.resolution=32"],
+     "loss.r2_gamma=1.0 is not allowed: expected 0.0 with model.arch=cyclegan: it has no single "
+     "D trained by the loss menu"),
+    (["train.d_steps=2", "model.arch=srgan", "model.resolution=32"],
+     "train.d_steps=2 is not allowed: expected 0 with model.arch=srgan"),
+    (["optim.kind=sgd"], "optim.kind='sgd' is not allowed: expected adam | rmsprop"),
+    (["loss.kind=wgan", "loss.clip=0"], "loss.clip=0.0 is not allowed: expected > 0"),
+    (["model.spectral_norm=g"], "model.spectral_norm='g' is not allowed: expected none | d | both"),
     (["model.arch=stackgan", "loss.kind=hinge"],
      "loss.kind='hinge' is not allowed: expected nonsaturating with model.arch=stackgan"),
 ])

@@ -83,13 +83,15 @@ def pack_demo_domains(out: str | os.PathLike, resolution: int = 32,
 def pack_demo_digits(out: str | os.PathLike, resolution: int = 8,
                      shard_size: int = 500) -> dict[str, PackSummary]:
     """scikit-learn's 1797 8x8 digits as ``out/train`` (a stratified 75%) and ``out/holdout``
-    (25%, ``digit_split``): small images for autoencoders."""
+    (25%, ``digit_split``), each sample with its digit as its ``label`` (classes "0" .. "9"):
+    small images for autoencoders and class-conditional models."""
     from scalegan.data.digits import digit_images, digit_split
 
-    images, _ = digit_images()
+    images, labels = digit_images()
     out = Path(out)
     return {part: pack_arrays(list(images[idx]), out / part, resolution, shard_size=shard_size,
-                              names=[f"digits/{i:04d}" for i in idx])
+                              names=[f"digits/{i:04d}" for i in idx], labels=labels[idx],
+                              classes=[str(d) for d in range(10)])
             for part, idx in zip(("train", "holdout"), digit_split(), strict=True)}
 
 

@@ -744,13 +744,17 @@ def pack_arrays(
     fit: str = "crop",
     names: list[str] | None = None,
     verbose: bool = False,
+    labels: Iterable[int] | None = None,
+    classes: list[str] | None = None,
 ) -> PackSummary:
     """Pack in-memory images into shards in ``out``.
 
     ``images``: iterable of numpy arrays, each HxW (grayscale), HxWx3 or HxWx4 (alpha composited
     on white), dtype uint8, uint16 (full 16-bit range) or float in [0, 1]. ``names`` (one per
-    image) become the ``source`` field; default is the array's index as a string. Bad arrays
-    raise PackError naming their index (they are caller bugs, not files to skip).
+    image) become the ``source`` field; default is the array's index as a string. ``labels``
+    (one class id per image, with the class names ``classes``) are stored as each sample's
+    ``"label"``, as ``--labels`` does. Bad arrays raise PackError naming their index (they are
+    caller bugs, not files to skip).
     """
     resolution = _check_resolution(resolution)
     fit = _check_fit(fit)
@@ -760,4 +764,15 @@ def pack_arrays(
     names = list(names) if names is not None else None
     out_path = _prepare_out(out)
     samples = _array_samples(images, names, resolution, fit)
-    return _pack(samples, out_path, resolution, shard_size, fit, verbose, "the given arrays")
+    if labels is None:
+        return _pack(samples, out_path, resolution, shard_size, fit, verbose, "the given arrays")
+    labels = [int(v) for v in labels]
+    keys = names if names is not None else [str(i) for i in range(len(labels))]
+    if len(keys) != len(labels):
+        raise PackError(f"labels has {len(labels)} entries for {len(keys)} names")
+    bad = [v for v in labels if v < 0 or (classes is not None and v >= len(classes))]
+    if bad:
+        raise PackError(f"label {bad[0]} is out of range (class ids are 0 .. "
+                        f"{len(classes) - 1 if classes else 'n'})")
+    return _pack(samples, out_path, resolution, shard_size, fit, verbose, "the given arrays",
+                 {k: {"label": v} for k, v in zip(keys, labels, strict=True)}, classes, "label")

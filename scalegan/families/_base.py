@@ -154,12 +154,17 @@ class Family:
     def build_networks(self) -> dict[str, nn.Module]:
         """``networks``, with spectral normalisation where ``model.spectral_norm`` asks for it
         and clipped weights clamped from the start."""
-        nets = self.networks(self.mc)
+        nets = self.make_networks()
         for name in self.spectral_normalised():
             spectral_normalise(nets[name])
         for name, c in self.clipped().items():
             clamp_weights(nets[name].parameters(), c)
         return nets
+
+    def make_networks(self) -> dict[str, nn.Module]:
+        """This run's fresh networks (``networks`` of the model section, unless the family's
+        networks also depend on other sections, as the MLP's on ``data.source``)."""
+        return self.networks(self.mc)
 
     def spectral_normalised(self) -> tuple[str, ...]:
         """Networks whose weights are spectrally normalised (``model.spectral_norm``: "d" the

@@ -13,7 +13,7 @@ from torch import nn
 
 from scalegan import losses
 from scalegan.config import Config, ModelConfig
-from scalegan.families._base import Family, PhaseSpec, Scalars, Services
+from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream
 from scalegan.train.schedule import Phase
 
 SAMPLE_CHUNK = 16
@@ -37,6 +37,9 @@ class MicroBatch:
     """condition=embedding: conditioning-augmentation noise (B, cond_dim) of the D phase's fakes."""
     eps_g: torch.Tensor | None = None
     """condition=embedding: conditioning-augmentation noise of the G phase's fakes."""
+    noise: dict[str, torch.Tensor] | None = None
+    """A D with dropout: its per-sample uniform draws for each of its calls ("real", "fake",
+    "mix", "g"), drawn for the global batch."""
 
 
 def r1_term(penalty: torch.Tensor, logits: list[torch.Tensor], gamma: float,
@@ -93,11 +96,27 @@ class NoiseToImage(Family):
 
     def conditions(self, num: int, options: dict) -> torch.Tensor | None:
         """The condition of each generated image (ValueError naming the option when it does
-        not fit the model)."""
-        if options.get("label") is not None or options.get("embedding") is not None:
-            raise ValueError("--label / --embedding: this model is unconditional "
-                             "(model.condition=none)")
-        return None
+        not fit the model): ``--label k`` for every image of a label-conditioned model, every
+        class in turn without it."""
+        mc = self.mc
+        label, embedding = options.get("label"), options.get("embedding")
+        condition = getattr(mc, "condition", "none")
+        if condition == "none":
+            if label is not None or embedding is not None:
+                raise ValueError("--label / --embedding: this model is unconditional "
+                                 "(model.condition=none)")
+            return None
+        if condition != "label":
+            raise NotImplementedError(condition)
+        if embedding is not None:
+            raise ValueError("--embedding: this model is conditioned on class labels; use "
+                             "--label")
+        if label is None:
+            return torch.arange(num) % mc.num_classes  # every class in turn
+        if not 0 <= label < mc.num_classes:
+            raise ValueError(f"--label {label} is out of range: the model has "
+                             f"model.num_classes={mc.num_classes} (0 .. {mc.num_classes - 1})")
+        return torch.full((num,), label, dtype=torch.int64)
 
     def generate(self, nets, num: int, seed: int, stage: Phase, options: dict) -> torch.Tensor:
         stages = options.get("stages") or "final"
@@ -113,62 +132,144 @@ class NoiseToImage(Family):
 
 
 class ImageGAN(NoiseToImage):
-    """G(z, res, alpha) -> images, D(images, res, alpha) -> logits (progressive, dcgan, mlp)."""
+    """G(z, res, alpha[, cond]) -> images, D(images, res, alpha[, cond]) -> logits (progressive,
+    dcgan, mlp): the loss menu of ``loss.kind``, WGAN-GP in the D phase, the original WGAN's
+    weight clipping, lazy R1 and R2 in one regularisation phase, ``train.d_steps`` D updates per
+    G update, and class conditions (``model.condition=label``)."""
+
+    loss_menu = ("loss.r2_gamma", "train.d_steps")
 
     def phases(self) -> list[PhaseSpec]:
         lc = self.cfg.loss
         gp = lc.kind == "wgan_gp" and lc.gp_weight > 0
         out = [PhaseSpec("D", ("D",), self.d_loss, frozen=("G",),
                          input_gradient="D" if gp else None)]
-        if lc.r1_gamma > 0:
-            out.append(PhaseSpec("R1", ("D",), self.r1_loss, interval=lc.r1_interval,
-                                 input_gradient="D", lazy=True))
-        out.append(PhaseSpec("G", ("G",), self.g_loss, frozen=("D",)))
+        terms = [name for name, gamma in (("R1", lc.r1_gamma), ("R2", lc.r2_gamma)) if gamma > 0]
+        if terms:
+            out.append(PhaseSpec("+".join(terms), ("D",), self.reg_loss,
+                                 interval=lc.r1_interval, input_gradient="D", lazy=True))
+        n = self.d_steps()
+        out.append(PhaseSpec("G", ("G",), self.g_loss, frozen=("D",), interval=n, offset=n - 1))
         return out
 
+    def clipped(self) -> dict[str, float]:
+        return {"D": self.cfg.loss.clip} if self.cfg.loss.kind == "wgan" else {}
+
+    # -------------------------------------------------------------------------------- inputs
+
+    @property
+    def labelled(self) -> bool:
+        return self.mc.condition == "label"
+
+    def streams(self) -> dict[str, Stream]:
+        dc, mc = self.cfg.data, self.mc
+        if not self.labelled:
+            return super().streams()
+        return {"data": Stream(dc.shards, label_key="label",
+                               check=dict(condition="label", num_classes=mc.num_classes))}
+
+    def d_noise(self, n: int) -> torch.Tensor | None:
+        """Per-sample noise D draws on (dropout masks) for one D call on ``n`` images; None
+        for a deterministic D."""
+        return None
+
     def micro_batch(self, batches: Mapping[str, Any], svc: Services) -> MicroBatch:
-        real = self.real_images(batches["data"])[0]
+        batch = batches["data"]
+        real = self.real_images(batch)[0]
         n = real.shape[0]
-        return MicroBatch(real, self.latents(n), self.latents(n))
+        mb = MicroBatch(real, self.latents(n), self.latents(n))
+        if self.labelled:  # fakes take the batch's labels: the data's class frequencies
+            mb.cond = batch.labels.to(svc.device)
+        if self.d_noise(1) is not None:
+            mb.noise = {k: self.d_noise(n) for k in ("real", "fake", "mix", "g")}
+        return mb
+
+    def D(self, nets: Mapping[str, Callable], x: torch.Tensor, mb: MicroBatch, stage: Phase,
+          which: str) -> torch.Tensor:
+        """D's logits of ``x`` (the micro-batch's condition; the noise of call ``which``)."""
+        kwargs = {}
+        if mb.cond is not None:
+            kwargs["cond"] = mb.cond
+        if mb.noise is not None:
+            kwargs["noise"] = mb.noise[which]
+        return nets["D"](x, stage.resolution, stage.alpha, **kwargs)
+
+    def G(self, nets: Mapping[str, Callable], z: torch.Tensor, cond: torch.Tensor | None,
+          stage: Phase) -> torch.Tensor:
+        if cond is None:
+            return nets["G"](z, stage.resolution, stage.alpha)
+        return nets["G"](z, stage.resolution, stage.alpha, cond=cond)
+
+    # -------------------------------------------------------------------------------- losses
 
     def d_loss(self, nets: Mapping[str, Callable], mb: MicroBatch,
                stage: Phase) -> tuple[torch.Tensor, Scalars]:
-        """Adversarial D loss on real images and G's fakes of ``mb.z_d`` (+ WGAN-GP on
+        """``loss.kind``'s D loss on real images and G's fakes of ``mb.z_d`` (+ WGAN-GP on
         interpolates mixed by weights drawn for the global batch)."""
-        G, D, lc = nets["G"], nets["D"], self.cfg.loss
-        res, alpha = stage.resolution, stage.alpha
+        lc = self.cfg.loss
         with torch.no_grad(), self.svc.autocast():
-            fake = G(mb.z_d, res, alpha)
+            fake = self.G(nets, mb.z_d, mb.cond, stage)
         with self.svc.autocast():
-            real_logits = D(mb.real, res, alpha)
-            fake_logits = D(fake, res, alpha)
+            real_logits = self.D(nets, mb.real, mb, stage, "real")
+            fake_logits = self.D(nets, fake, mb, stage, "fake")
         loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
         scalars = {"loss/D": loss}
         if lc.kind == "wgan_gp" and lc.gp_weight > 0:
             mix = self.svc.draw(torch.rand, mb.z_d.shape[0])
             with self.svc.autocast():
-                gp = losses.gradient_penalty(lambda x: D(x, res, alpha), mb.real, fake,
-                                             mix).mean()
+                gp = losses.gradient_penalty(lambda x: self.D(nets, x, mb, stage, "mix"),
+                                             mb.real, fake, mix).mean()
             loss = loss + lc.gp_weight * gp
             scalars["loss/gp"] = gp
         return loss, scalars
 
-    def r1_loss(self, nets, mb: MicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
-        """Lazy R1: gamma/2 * ||grad D(real)||^2, scaled by the interval it stands for."""
-        real = mb.real.detach().requires_grad_(True)
-        with self.svc.autocast():
-            real_logits = nets["D"](real, stage.resolution, stage.alpha)
-        penalty = losses.r1_penalty(real_logits, real).mean()
+    def reg_loss(self, nets, mb: MicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
+        """Lazy R1 (gamma/2 ||grad D(real)||^2) and R2 (the same on G's fakes of ``mb.z_d``),
+        scaled by the interval they stand for."""
         lc = self.cfg.loss
-        return r1_term(penalty, [real_logits], lc.r1_gamma, lc.r1_interval), {"loss/r1": penalty}
+        total, logits, scalars = 0.0, [], {}
+        for key, gamma in (("r1", lc.r1_gamma), ("r2", lc.r2_gamma)):
+            if gamma <= 0:
+                continue
+            if key == "r1":
+                x = mb.real.detach()
+            else:
+                with torch.no_grad(), self.svc.autocast():
+                    x = self.G(nets, mb.z_d, mb.cond, stage).detach()
+            x = x.requires_grad_(True)
+            with self.svc.autocast():
+                out = self.D(nets, x, mb, stage, "real" if key == "r1" else "fake")
+            penalty = losses.r1_penalty(out, x).mean()
+            total = total + penalty * (gamma / 2 * lc.r1_interval)
+            logits.append(out)
+            scalars[f"loss/{key}"] = penalty
+        # "+ 0 * logits": every D output stays in the graph, as data-parallel wrappers expect
+        return total + sum(x.float().mean() for x in logits) * 0, scalars
 
     def g_loss(self, nets, mb: MicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
-        """G's adversarial loss through a frozen D."""
-        res, alpha = stage.resolution, stage.alpha
+        """G's adversarial loss through a frozen D (relativistic kinds pair each fake with a
+        real image's logit)."""
+        kind = self.cfg.loss.kind
+        real_logits = None
         with self.svc.autocast():
-            fake_logits = nets["D"](nets["G"](mb.z_g, res, alpha), res, alpha)
-        loss = losses.g_loss(self.cfg.loss.kind, fake_logits)
+            fake_logits = self.D(nets, self.G(nets, mb.z_g, mb.cond, stage), mb, stage, "g")
+            if losses.needs_real_logits(kind):
+                with torch.no_grad():
+                    real_logits = self.D(nets, mb.real, mb, stage, "real")
+        loss = losses.g_loss(kind, fake_logits, real_logits)
         return loss, {"loss/G": loss}
 
+    # ------------------------------------------------------------------------------ sampling
+
+    def sample_inputs(self) -> Any:
+        if not self.labelled:
+            return self.sample_z, None
+        # one class per row of the grid, every class in turn
+        n, cols = len(self.sample_z), self.grid_side()
+        return self.sample_z, (torch.arange(n) // cols) % self.mc.num_classes
+
+    def grid_side(self) -> int:
+        return self.cfg.log.sample_grid
+
     def images(self, nets, z, cond, stage: Phase, stages: str = "final") -> torch.Tensor:
-        return nets["G"](z, stage.resolution, stage.alpha)
+        return self.G(nets, z, cond, stage)

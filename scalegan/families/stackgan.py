@@ -175,19 +175,8 @@ class StackGAN(NoiseToImage):
     def conditions(self, num: int, options: dict) -> torch.Tensor | None:
         mc = self.mc
         label, embedding = options.get("label"), options.get("embedding")
-        if mc.condition == "none":
+        if mc.condition != "embedding":
             return super().conditions(num, options)
-        if mc.condition == "label":
-            if embedding is not None:
-                raise ValueError("--embedding: this model is conditioned on class labels; use "
-                                 "--label")
-            if label is None:
-                return torch.arange(num) % mc.num_classes  # every class in turn
-            if not 0 <= label < mc.num_classes:
-                raise ValueError(f"--label {label} is out of range: the model has "
-                                 f"model.num_classes={mc.num_classes} (0 .. "
-                                 f"{mc.num_classes - 1})")
-            return torch.full((num,), label, dtype=torch.int64)
         if label is not None:
             raise ValueError("--label: this model is conditioned on vectors; use --embedding")
         if embedding is None or len(embedding) != mc.embedding_dim:
@@ -195,6 +184,5 @@ class StackGAN(NoiseToImage):
             raise ValueError(f"--embedding needs model.embedding_dim={mc.embedding_dim} "
                              f"comma-separated values, got {got}")
         return torch.tensor(embedding, dtype=torch.float32).expand(num, -1)
-
 
 FAMILY = StackGAN

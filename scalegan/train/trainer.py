@@ -80,23 +80,31 @@ def model_differences(saved: dict, cfg: Config) -> list[str]:
             if k not in RESUME_IGNORES and old.get(k) != new.get(k)]
 
 
-def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
-    """Create Adam's per-parameter state now, exactly as its first step would (step 0, zero
-    moments).
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create Adam's or RMSProp's per-parameter state now, exactly as its first step would
+    (step 0, zero moments).
 
-    Blocks of resolutions not reached yet get no gradient, and Adam leaves a parameter without a
-    gradient untouched, so this changes no update. It makes the set of state keys constant over
-    the run, which a checkpoint needs: without it, a resume before a block activates would restore
-    state for fewer parameters than the saved run had, or invent some.
+    Blocks of resolutions not reached yet get no gradient, and the optimizer leaves a parameter
+    without a gradient untouched, so this changes no update. It makes the set of state keys
+    constant over the run, which a checkpoint needs: without it, a resume before a block
+    activates would restore state for fewer parameters than the saved run had, or invent some.
     """
     scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    if isinstance(optimizer, torch.optim.Adam):
+        moments = ("exp_avg", "exp_avg_sq")
+    elif isinstance(optimizer, torch.optim.RMSprop):
+        group = optimizer.param_groups[0] if optimizer.param_groups else {}
+        moments = ("square_avg",) + (("momentum_buffer",) if group.get("momentum") else ()) + (
+            ("grad_avg",) if group.get("centered") else ())
+    else:
+        raise TypeError(f"no state layout known for {type(optimizer).__name__}")
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=scalar)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                for key in moments:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 @dataclass
@@ -178,7 +186,7 @@ class Trainer:
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
             if self.strategy.checkpoint_format == "dcp":  # DeepSpeed keeps its own flat state
-                init_adam_state(opt)
+                init_optimizer_state(opt)
         self.strategy.setup_optimizers(self.optimizers)
         self.phase_specs: list[PhaseSpec] = self.family.phases()
         self.images_seen = 0

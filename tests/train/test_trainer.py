@@ -137,24 +137,38 @@ def test_interrupted_checkpoint_write_is_ignored(tmp_path):
     assert resumed.resume() and resumed.step == 2
 
 
-def test_adam_state_created_up_front_changes_no_update():
-    # init_adam_state must be exactly what Adam's own first step creates, and a parameter that
-    # gets no gradient (a block not faded in yet) must keep step 0 until it does.
-    from scalegan.train.trainer import init_adam_state
+OPTIMIZERS = {"adam": lambda params: torch.optim.Adam(params, lr=1e-2, betas=(0.0, 0.99)),
+              "rmsprop": lambda params: torch.optim.RMSprop(params, lr=1e-2)}
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_optimizer_state_created_up_front_changes_no_update(kind):
+    # init_optimizer_state must create exactly what the optimizer's own first step creates (the
+    # same keys, dtypes and values), and a parameter that gets no gradient (a block not faded in
+    # yet) must keep step 0 until it does.
+    from scalegan.train.trainer import init_optimizer_state
 
     torch.manual_seed(0)
     lazy_model, eager_model = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     eager_model.load_state_dict(lazy_model.state_dict())
     idle = torch.nn.Parameter(torch.ones(2))
-    lazy = torch.optim.Adam(lazy_model.parameters(), lr=1e-2, betas=(0.0, 0.99))
-    eager = torch.optim.Adam([*eager_model.parameters(), idle], lr=1e-2, betas=(0.0, 0.99))
-    init_adam_state(eager)
-    for _ in range(5):
+    lazy = OPTIMIZERS[kind](list(lazy_model.parameters()))
+    eager = OPTIMIZERS[kind]([*eager_model.parameters(), idle])
+    init_optimizer_state(eager)
+    for step in range(5):
         x = torch.randn(8, 4)
         for model, opt in ((lazy_model, lazy), (eager_model, eager)):
             opt.zero_grad(set_to_none=True)
             model(x).square().sum().backward()
             opt.step()
+        if step == 0:
+            for p_lazy, p_eager in zip(lazy_model.parameters(), eager_model.parameters(),
+                                       strict=True):
+                want, got = lazy.state[p_lazy], eager.state[p_eager]
+                assert want.keys() == got.keys()
+                for key in want:
+                    assert want[key].dtype == got[key].dtype and torch.equal(want[key],
+                                                                             got[key]), key
     for a, b in zip(lazy_model.parameters(), eager_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert eager.state[idle]["step"].item() == 0 and torch.equal(idle, torch.ones(2))
