@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from scalegan.config import LOSS_KINDS
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor,
            drift: float = 0.0) -> torch.Tensor:
     """Discriminator loss on (N,) logits, the batch mean of:
@@ -26,7 +31,7 @@ def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor,
     rpgan:   softplus(D(fake_i) - D(real_i)), real and fake paired by position
              (Jolicoeur-Martineau 2019; Huang et al. 2024)
     """
-    r, f = real_logits.float(), fake_logits.float()
+    r, f = _full(real_logits), _full(fake_logits)
     if kind in ("nonsaturating", "minimax"):
         loss = F.softplus(f) + F.softplus(-r)
     elif kind == "lsgan":
@@ -54,7 +59,7 @@ def g_loss(kind: str, fake_logits: torch.Tensor,
     hinge, wgan, wgan_gp: -D(fake)
     rpgan:         softplus(D(real_i) - D(fake_i)) (needs ``real_logits``)
     """
-    f = fake_logits.float()
+    f = _full(fake_logits)
     if kind == "nonsaturating":
         return F.softplus(-f).mean()
     if kind == "minimax":
@@ -67,7 +72,7 @@ def g_loss(kind: str, fake_logits: torch.Tensor,
         if real_logits is None:
             raise ValueError("loss.kind=rpgan: G's loss pairs each fake with a real image's "
                              "logit; real_logits is required")
-        return F.softplus(real_logits.float() - f).mean()
+        return F.softplus(_full(real_logits) - f).mean()
     raise ValueError(f"unknown loss kind {kind!r}: expected one of {LOSS_KINDS}")
 
 
@@ -88,9 +93,9 @@ def r1_penalty(real_logits: torch.Tensor | Sequence[torch.Tensor],
     """
     logits = [real_logits] if torch.is_tensor(real_logits) else list(real_logits)
     images = [real_images] if torch.is_tensor(real_images) else list(real_images)
-    total = sum(x.float().sum() for x in logits)
+    total = sum(_full(x).sum() for x in logits)
     grads = torch.autograd.grad(total, images, create_graph=True)
-    return sum(g.float().square().flatten(1).sum(1) for g in grads)
+    return sum(_full(g).square().flatten(1).sum(1) for g in grads)
 
 
 def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -103,8 +108,8 @@ def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real
     eps = mix.reshape(-1, *[1] * (real.ndim - 1)).to(real.dtype)  # images or 2-D points
     mixed = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
     logits = discriminator(mixed)
-    (grad,) = torch.autograd.grad(logits.float().sum(), mixed, create_graph=True)
-    return (grad.float().flatten(1).norm(dim=1) - 1.0).square()
+    (grad,) = torch.autograd.grad(_full(logits).sum(), mixed, create_graph=True)
+    return (_full(grad).flatten(1).norm(dim=1) - 1.0).square()
 
 
 # ------------------------------------------------------------------------------ StackGAN-v2 terms

@@ -328,12 +328,13 @@ def _clamp_after_step(c: float):
 
 def spectral_normalise(module: nn.Module) -> None:
     """Spectral normalisation (Miyato et al. 2018, torch's parametrization: one power iteration
-    per training forward) of every convolution, transposed convolution and linear layer of
+    per training forward) of every convolution, transposed convolution, linear layer and label
+    embedding (the projection discriminator normalises its embedding too) of
     ``module``."""
     from torch.nn.utils.parametrizations import spectral_norm
 
     for m in list(module.modules()):
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d, nn.Embedding)):
             spectral_norm(m)
         elif isinstance(m, (nn.ConvTranspose2d,)):
             spectral_norm(m, dim=1)

@@ -180,8 +180,9 @@ class ImageGAN(NoiseToImage):
         mb = MicroBatch(real, self.latents(n), self.latents(n))
         if self.labelled:  # fakes take the batch's labels: the data's class frequencies
             mb.cond = batch.labels.to(svc.device)
-        if self.d_noise(1) is not None:
-            mb.noise = {k: self.d_noise(n) for k in ("real", "fake", "mix", "g")}
+        first = self.d_noise(n)
+        if first is not None:
+            mb.noise = {"real": first, **{k: self.d_noise(n) for k in ("fake", "mix", "g")}}
         return mb
 
     def D(self, nets: Mapping[str, Callable], x: torch.Tensor, mb: MicroBatch, stage: Phase,

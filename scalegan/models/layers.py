@@ -8,6 +8,9 @@
 * Minibatch stddev: D sees a statistic of the variation inside a group of samples, which
   discourages mode collapse.
 
+Also :func:`check_labels`, the check of the class ids a label-conditional network (progressive,
+DCGAN, MLP) is given.
+
 Architecture only: no device or distributed logic.
 """
 
@@ -32,6 +35,7 @@ __all__ = [
     "pixel_norm",
     "upsample_nearest2x",
     "downsample_avg2x",
+    "check_labels",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -174,3 +178,34 @@ def downsample_avg2x(x: torch.Tensor) -> torch.Tensor:
     ``(N, C, H, W)`` -> ``(N, C, H/2, W/2)``.
     """
     return F.avg_pool2d(x, kernel_size=2)
+
+
+def check_labels(cond: torch.Tensor | None, num_classes: int, batch: int, who: str) -> None:
+    """Check the ``cond`` argument of a network conditioned on class labels.
+
+    ``num_classes`` is 0 for an unconditional network, which must get ``cond=None``; a
+    conditional one needs ``cond``, an integer tensor ``(batch,)`` of class ids in
+    ``[0, num_classes)``. ValueError naming ``cond`` otherwise.
+
+    The range check reads the ids (one device synchronisation); it is skipped for tensors without
+    values (the meta device) and while tracing for ``torch.compile``.
+    """
+    if num_classes == 0:
+        if cond is not None:
+            raise ValueError(f"{who}: cond was given, but the model is unconditional (no class "
+                             f"labels); pass cond=None")
+        return
+    if cond is None:
+        raise ValueError(f"{who}: cond is required: the model is conditioned on class labels "
+                         f"(num_classes={num_classes}); pass cond, a LongTensor (N,) of class ids")
+    if not isinstance(cond, torch.Tensor) or cond.dtype.is_floating_point or cond.is_complex() \
+            or cond.dtype == torch.bool or cond.ndim != 1 or cond.shape[0] != batch:
+        shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        dtype = f" {cond.dtype}" if isinstance(cond, torch.Tensor) else ""
+        raise ValueError(f"{who}: cond must be an integer tensor of shape ({batch},) (class ids, "
+                         f"one per sample), got{dtype} {shape}")
+    if cond.is_meta or torch.compiler.is_compiling() or cond.numel() == 0:
+        return
+    if bool(((cond < 0) | (cond >= num_classes)).any()):
+        raise ValueError(f"{who}: cond holds class ids outside [0, {num_classes}): min "
+                         f"{int(cond.min())}, max {int(cond.max())}")

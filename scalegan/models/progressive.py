@@ -9,6 +9,29 @@ network at ``alpha = 0``.
 
 Blocks and layers that ``forward`` does not use for a given (resolution, alpha) get no gradient
 (``.grad`` stays None): the toRGB / fromRGB of ``resolution / 2`` is used only while ``alpha < 1``.
+
+Conditioning on class labels (``cfg.condition == "label"``; ``cond`` a LongTensor ``(N,)`` of
+class ids, ``None`` for an unconditional model). The label layers live in the 4x4 blocks, which
+run at every resolution, as ``blocks["4"].embed``:
+
+* G (Mirza & Osindero 2014): ``embed`` an ``nn.Embedding(num_classes, cond_dim)``. The dense
+  layer reads ``concat(pixel_norm(z), pixel_norm(embed(cond)))``: z is normalised alone exactly
+  as in PGGAN (its normalisation does not depend on the label), and the embedding is normalised
+  on its own to the same unit mean square, so neither part can outgrow the other however the
+  embedding's scale drifts in training.
+* D, ``cfg.cond_d == "concat"``: ``embed`` an ``nn.Embedding(num_classes, cond_dim)``, replicated
+  over the 4x4 map and joined (after the minibatch-stddev channels) to the input of the final
+  block's 3x3 conv, which then reads C + F + cond_dim channels. Joining at the 4x4 map rather than
+  at the image keeps one fromRGB per resolution.
+* D, ``cfg.cond_d == "projection"`` (Miyato & Koyama 2018): ``logit = dense1(phi) + <e_y, phi>``
+  with ``phi`` ``(N, C)`` the output of ``dense0`` (after its leaky ReLU) and ``e_y`` row ``y``
+  of ``embed``, an equalized-LR :class:`EqualizedLinear` ``(C -> num_classes, gain 1, no bias)``
+  used as a table: its stored ``weight`` ``(num_classes, C)`` ~ N(0, 1) is scaled by
+  ``1 / sqrt(C)`` like ``dense1``'s, so the two terms start at the same scale.
+
+The ``nn.Embedding`` tables are N(0, 1) (torch's default): unit-scale stored values, as equalized
+LR keeps every weight, with no fan-in to scale by. An unconditional model has exactly the
+parameters (and state-dict keys) it had before conditioning existed.
 """
 
 from __future__ import annotations
@@ -29,6 +52,7 @@ from scalegan.models.layers import (
     MinibatchStddev,
     PixelNorm,
     UpConv2d,
+    check_labels,
     downsample_avg2x,
     upsample_nearest2x,
 )
@@ -65,6 +89,11 @@ def _check_alpha(alpha: float, who: str) -> float:
     return alpha
 
 
+def _num_classes(cfg: ModelConfig) -> int:
+    """Classes the networks are conditioned on: 0 unless ``cfg.condition == "label"``."""
+    return cfg.num_classes if cfg.condition == "label" else 0
+
+
 def _lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """``a + t * (b - a)``: exactly ``a`` at t = 0; unlike torch.lerp it promotes mixed dtypes."""
     return a + t * (b - a)
@@ -74,29 +103,40 @@ def _lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 
 class _GInitialBlock(nn.Module):
-    """4x4 block: ``z`` ``(N, latent)`` -> ``(N, C, 4, 4)``.
+    """4x4 block: ``z`` ``(N, latent)`` [and class ids ``cond`` ``(N,)``] -> ``(N, C, 4, 4)``.
 
-    PixelNorm(z) -> dense to C*16 -> reshape -> +bias -> lrelu -> PixelNorm -> conv3x3 -> lrelu ->
-    PixelNorm.
+    PixelNorm(z) [joined to PixelNorm(embed(cond))] -> dense to C*16 -> reshape -> +bias -> lrelu
+    -> PixelNorm -> conv3x3 -> lrelu -> PixelNorm.
     """
 
-    def __init__(self, latent_dim: int, channels: int) -> None:
+    def __init__(self, latent_dim: int, channels: int, num_classes: int = 0,
+                 cond_dim: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.norm_z = PixelNorm()
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, cond_dim)
+            self.norm_c = PixelNorm()
+        else:
+            self.embed, cond_dim = None, 0
         # gain sqrt(2)/4 and one bias per channel (not per output unit) follow the official PGGAN
         # code: the dense layer is a "4x4 transposed conv" of the 1x1 latent, so its bias is
         # per feature map like every conv bias. The gain only sets the effective step size of
         # this layer (a PixelNorm follows, so forward values are scale-free).
-        self.dense = EqualizedLinear(latent_dim, channels * 16, gain=SQRT2 / 4, bias=False)
+        self.dense = EqualizedLinear(latent_dim + cond_dim, channels * 16, gain=SQRT2 / 4,
+                                     bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
         self.norm0 = PixelNorm()
         self.conv = EqualizedConv2d(channels, channels, 3)
         self.act = nn.LeakyReLU(LRELU_SLOPE)
         self.norm1 = PixelNorm()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.dense(self.norm_z(z))  # (N, C*16)
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm_z(z)  # (N, latent), unit mean square
+        if self.embed is not None:
+            c = self.norm_c(self.embed(cond).to(x.dtype))  # (N, cond_dim), unit mean square
+            x = torch.cat([x, c], dim=1)  # (N, latent + cond_dim)
+        x = self.dense(x)  # (N, C*16)
         x = x.reshape(-1, self.channels, 4, 4) + self.bias.reshape(1, -1, 1, 1)  # (N, C, 4, 4)
         x = self.norm0(self.act(x))
         return self.norm1(self.act(self.conv(x)))  # (N, C, 4, 4)
@@ -131,7 +171,7 @@ class _GBlock(nn.Module):
 
 
 class ProgressiveGenerator(nn.Module):
-    """PGGAN generator: ``G(z, resolution, alpha=1.0)``.
+    """PGGAN generator: ``G(z, resolution, alpha=1.0, cond=None)``.
 
     ``z`` ``(N, latent_dim)`` -> image ``(N, img_channels, resolution, resolution)`` (linear output,
     no tanh, as in PGGAN). ``resolution`` is a power of two from 4 to ``cfg.resolution``; ``alpha``
@@ -139,11 +179,14 @@ class ProgressiveGenerator(nn.Module):
     ``lerp(upsample_nearest2x(toRGB_{r/2}(h_{r/2})), toRGB_r(h_r), alpha)``.
 
     Submodules: ``blocks[str(r)]`` (the 4x4 block maps z -> features) and ``to_rgb[str(r)]``
-    (1x1 conv, gain 1) for every r in 4..cfg.resolution.
+    (1x1 conv, gain 1) for every r in 4..cfg.resolution; when conditional
+    (``cfg.condition == "label"``), ``blocks["4"].embed`` (see the module docstring) and ``cond``,
+    the class ids ``(N,)``, is required.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.num_classes = _num_classes(cfg)
         self.latent_dim = cfg.latent_dim
         self.img_channels = cfg.img_channels
         self.resolution = cfg.resolution
@@ -154,7 +197,8 @@ class ProgressiveGenerator(nn.Module):
         for r in self.resolutions:
             c = cfg.channels(r)
             if r == MIN_RESOLUTION:
-                self.blocks[str(r)] = _GInitialBlock(cfg.latent_dim, c)
+                self.blocks[str(r)] = _GInitialBlock(cfg.latent_dim, c, self.num_classes,
+                                                     cfg.cond_dim)
             else:
                 self.blocks[str(r)] = _GBlock(cfg.channels(r // 2), c, cfg.ops_impl)
             self.to_rgb[str(r)] = EqualizedConv2d(c, cfg.img_channels, 1, gain=1.0)
@@ -163,13 +207,16 @@ class ProgressiveGenerator(nn.Module):
         """Names (``"blocks.8"``, ``"to_rgb.16"``) of the submodules ``forward`` runs."""
         return _units_in_use(resolution, alpha, "to_rgb")
 
-    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, resolution: int, alpha: float = 1.0,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         res = _check_resolution(resolution, self.resolution, "ProgressiveGenerator")
         alpha = _check_alpha(alpha, "ProgressiveGenerator")
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"ProgressiveGenerator: z must have shape (N, {self.latent_dim}), "
                              f"got {tuple(z.shape)}")
-        x = self.blocks[str(MIN_RESOLUTION)](z)  # (N, C_4, 4, 4)
+        check_labels(cond, self.num_classes, z.shape[0], "ProgressiveGenerator")
+        first = self.blocks[str(MIN_RESOLUTION)]
+        x = first(z) if cond is None else first(z, cond)  # (N, C_4, 4, 4)
         if res == MIN_RESOLUTION:
             return self.to_rgb[str(res)](x)  # (N, img_channels, 4, 4)
         r = 2 * MIN_RESOLUTION
@@ -220,10 +267,11 @@ class _DBlock(nn.Module):
 
 
 class _DFinalBlock(nn.Module):
-    """4x4 block: ``(N, C, 4, 4)`` -> logits ``(N,)``.
+    """4x4 block: ``(N, C, 4, 4)`` [and class ids ``cond`` ``(N,)``] -> logits ``(N,)``.
 
-    [MinibatchStddev] -> conv3x3 (C + F -> C) -> lrelu -> dense (C*16 -> C) -> lrelu ->
-    [MinibatchDiscrimination, C -> C + B] -> dense (-> 1, gain 1).
+    [MinibatchStddev] [+ embed(cond) maps (concat)] -> conv3x3 (C + F [+ cond_dim] -> C) -> lrelu
+    -> dense (C*16 -> C) -> lrelu = phi -> [MinibatchDiscrimination, C -> C + B] -> dense (-> 1,
+    gain 1) [+ <embed_y, phi> (projection)].
     """
 
     def __init__(self, channels: int, cfg: ModelConfig) -> None:
@@ -232,6 +280,14 @@ class _DFinalBlock(nn.Module):
         self.mbstd = MinibatchStddev(cfg.mbstd_group_size, cfg.mbstd_num_channels,
                                      impl=cfg.ops_impl,
                                      across_ranks=cfg.mbstd_across_ranks) if extra else None
+        num_classes = _num_classes(cfg)
+        self.cond_d = cfg.cond_d if num_classes else None
+        self.embed: nn.Module | None = None
+        if self.cond_d == "concat":
+            self.embed = nn.Embedding(num_classes, cfg.cond_dim)
+            extra += cfg.cond_dim
+        elif self.cond_d == "projection":
+            self.embed = EqualizedLinear(channels, num_classes, gain=1.0, bias=False)
         self.conv = EqualizedConv2d(channels + extra, channels, 3)
         self.dense0 = EqualizedLinear(channels * 16, channels)
         self.mbdisc = (MinibatchDiscrimination(channels, cfg.mbdisc_kernels, cfg.mbdisc_dim,
@@ -240,18 +296,24 @@ class _DFinalBlock(nn.Module):
         self.dense1 = EqualizedLinear(channels + cfg.mbdisc_kernels, 1, gain=1.0)
         self.act = nn.LeakyReLU(LRELU_SLOPE)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.mbstd is not None:
             x = self.mbstd(x)  # (N, C + F, 4, 4)
+        if self.cond_d == "concat":
+            e = self.embed(cond).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            x = torch.cat([x, e], dim=1)  # (N, C + F + cond_dim, 4, 4)
         x = self.act(self.conv(x))  # (N, C, 4, 4)
-        x = self.act(self.dense0(x.flatten(1)))  # (N, C)
-        if self.mbdisc is not None:
-            x = self.mbdisc(x)  # (N, C + B)
-        return self.dense1(x).squeeze(1)  # (N,)
+        phi = self.act(self.dense0(x.flatten(1)))  # (N, C)
+        x = self.mbdisc(phi) if self.mbdisc is not None else phi  # (N, C [+ B])
+        logits = self.dense1(x).squeeze(1)  # (N,)
+        if self.cond_d == "projection":
+            e = self.embed.weight[cond] * self.embed.scale  # (N, C): rows of the scaled weight
+            logits = logits + (e * phi).sum(1)
+        return logits
 
 
 class ProgressiveDiscriminator(nn.Module):
-    """PGGAN discriminator: ``D(img, resolution, alpha=1.0)``.
+    """PGGAN discriminator: ``D(img, resolution, alpha=1.0, cond=None)``.
 
     ``img`` ``(N, img_channels, resolution, resolution)`` -> logits ``(N,)``. While fading in
     (``alpha < 1``) the features entering the block of ``resolution / 2`` are
@@ -260,11 +322,15 @@ class ProgressiveDiscriminator(nn.Module):
     Submodules: ``from_rgb[str(r)]`` and ``blocks[str(r)]`` for every r in 4..cfg.resolution;
     ``blocks[str(r)]`` maps r -> r/2 for r >= 8, ``blocks["4"]`` is the final block (minibatch
     stddev when ``cfg.mbstd_group_size > 0``, conv, two dense layers). With minibatch stddev the
-    batch size N must be divisible by ``min(cfg.mbstd_group_size, N)``.
+    batch size N must be divisible by ``min(cfg.mbstd_group_size, N)``. When conditional
+    (``cfg.condition == "label"``), ``blocks["4"].embed`` joins the label as ``cfg.cond_d`` says
+    (see the module docstring) and ``cond``, the class ids ``(N,)``, is required.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.num_classes = _num_classes(cfg)
+        self.cond_d = cfg.cond_d if self.num_classes else None
         self.img_channels = cfg.img_channels
         self.resolution = cfg.resolution
         self.min_resolution = MIN_RESOLUTION
@@ -283,13 +349,15 @@ class ProgressiveDiscriminator(nn.Module):
         """Names (``"blocks.8"``, ``"from_rgb.16"``) of the submodules ``forward`` runs."""
         return _units_in_use(resolution, alpha, "from_rgb")
 
-    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, resolution: int, alpha: float = 1.0,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         res = _check_resolution(resolution, self.resolution, "ProgressiveDiscriminator")
         alpha = _check_alpha(alpha, "ProgressiveDiscriminator")
         if img.ndim != 4 or tuple(img.shape[1:]) != (self.img_channels, res, res):
             raise ValueError(f"ProgressiveDiscriminator: img must have shape "
                              f"(N, {self.img_channels}, {res}, {res}) at resolution {res}, "
                              f"got {tuple(img.shape)}")
+        check_labels(cond, self.num_classes, img.shape[0], "ProgressiveDiscriminator")
         x = self.from_rgb[str(res)](img)  # (N, C_res, res, res)
         if res > MIN_RESOLUTION:
             x = self.blocks[str(res)](x)  # (N, C_{res/2}, res/2, res/2)
@@ -300,4 +368,5 @@ class ProgressiveDiscriminator(nn.Module):
             while r > MIN_RESOLUTION:
                 x = self.blocks[str(r)](x)  # (N, C_{r/2}, r/2, r/2)
                 r //= 2
-        return self.blocks[str(MIN_RESOLUTION)](x)  # (N,)
+        last = self.blocks[str(MIN_RESOLUTION)]
+        return last(x) if cond is None else last(x, cond)  # (N,)

@@ -65,6 +65,8 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "steps_per_print": 2 ** 31 - 1,
         "wall_clock_breakdown": False,
     }
+    if cfg.optim.kind != "adam":  # ZeRO partitions any torch optimizer's state alike
+        derived["zero_allow_untested_optimizer"] = True
     return _deep_merge(derived, cfg.parallel.deepspeed)
 
 
@@ -99,7 +101,7 @@ class ZeroAdapter:
         self.zopt.check_grad_overflow = True
 
     def group_states(self, index: int) -> list[dict]:
-        """The inner Adam's state of this rank's flat partition(s) of parameter group
+        """The inner optimizer's state of this rank's flat partition(s) of parameter group
         ``index``."""
         zopt = self.zopt
         if self.stage == 3:
@@ -188,9 +190,9 @@ class DeepSpeedStrategy(Strategy):
                 started = unit in now and unit not in before
                 stopped = unit not in now and unit in before
                 for state in self.zero[name].group_states(i) if started or stopped else ():
-                    for key in ("exp_avg", "exp_avg_sq") + (("step",) if started else ()):
-                        if key in state:
-                            state[key].zero_()
+                    for key, value in state.items():  # moments (Adam's, RMSProp's); the step
+                        if torch.is_tensor(value) and (key != "step" or started):
+                            value.zero_()
 
     def _freeze_idle_units(self, name: str) -> None:
         now = self.current[name]

@@ -84,7 +84,10 @@ class Net(nn.Module):
         self.fn = fn
 
     def forward(self, x, resolution, alpha=1.0, cond=None):
-        return self.fn(x) if cond is None else self.fn(x) + cond.to(x.dtype)
+        out = self.fn(x)
+        if cond is None:
+            return out
+        return out + cond.to(x.dtype).view(-1, *[1] * (out.ndim - 1))  # per sample
 
 
 def _family(tmp_path, *extra: str) -> DCGAN:

@@ -200,3 +200,170 @@ def test_bf16_autocast_forward():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = D(G(torch.randn(4, 16), 16, 0.5), 16, 0.5)
     assert logits.shape == (4,) and torch.isfinite(logits.float()).all()
+
+
+# ------------------------------------------------------------------------ conditioning by label
+
+K = 5  # classes
+
+
+def _cond_cfg(cond_d: str, **kw) -> ModelConfig:
+    base = dict(arch="progressive", resolution=16, img_channels=3, latent_dim=8, channel_base=64,
+                channel_max=8, mbstd_group_size=2, condition="label", num_classes=K, cond_dim=6,
+                cond_d=cond_d)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_unconditional_state_dict_keys_unchanged():
+    cfg = ModelConfig(resolution=8, latent_dim=8, channel_base=64, channel_max=8,
+                      mbdisc_kernels=3, mbdisc_dim=2)
+    assert list(ProgressiveGenerator(cfg).state_dict()) == [
+        "blocks.4.bias", "blocks.4.dense.weight", "blocks.4.conv.weight", "blocks.4.conv.bias",
+        "blocks.8.conv0.weight", "blocks.8.conv0.bias", "blocks.8.conv1.weight",
+        "blocks.8.conv1.bias", "to_rgb.4.weight", "to_rgb.4.bias", "to_rgb.8.weight",
+        "to_rgb.8.bias"]
+    assert list(ProgressiveDiscriminator(cfg).state_dict()) == [
+        "from_rgb.4.conv.weight", "from_rgb.4.conv.bias", "from_rgb.8.conv.weight",
+        "from_rgb.8.conv.bias", "blocks.4.conv.weight", "blocks.4.conv.bias",
+        "blocks.4.dense0.weight", "blocks.4.dense0.bias", "blocks.4.mbdisc.T",
+        "blocks.4.dense1.weight", "blocks.4.dense1.bias", "blocks.8.conv0.weight",
+        "blocks.8.conv0.bias", "blocks.8.conv1.weight", "blocks.8.conv1.bias"]
+
+
+@pytest.mark.parametrize("cond_d", ["concat", "projection"])
+@pytest.mark.parametrize("res,alpha", [(4, 1.0), (8, 0.3), (16, 1.0)])
+def test_conditional_shapes(cond_d, res, alpha):
+    torch.manual_seed(0)
+    cfg = _cond_cfg(cond_d)
+    G, D = build_models(cfg)
+    y = torch.tensor([0, 4, 2, 1])
+    img = G(torch.randn(4, 8), res, alpha, cond=y)
+    assert img.shape == (4, 3, res, res)
+    logits = D(img, res, alpha, cond=y)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+    c = cfg.channels(4)
+    assert G.blocks["4"].embed.weight.shape == (K, 6)
+    assert G.blocks["4"].dense.in_features == 8 + 6
+    if cond_d == "concat":
+        assert D.blocks["4"].embed.weight.shape == (K, 6)
+        assert D.blocks["4"].conv.in_channels == c + 1 + 6  # features, mbstd, label
+    else:
+        assert D.blocks["4"].embed.weight.shape == (K, c)
+        assert D.blocks["4"].embed.scale == pytest.approx(1 / c ** 0.5)  # as dense1: gain 1
+        assert D.blocks["4"].conv.in_channels == c + 1
+
+
+def test_conditional_units_and_gradients():
+    torch.manual_seed(0)
+    G, D = build_models(_cond_cfg("projection"))
+    assert G.units_in_use(8, 0.5) == {"blocks.4", "blocks.8", "to_rgb.8", "to_rgb.4"}
+    y = torch.tensor([1, 1, 3, 3])
+    D(G(torch.randn(4, 8), 8, 1.0, cond=y), 8, 1.0, cond=y).sum().backward()
+    for net in (G, D):
+        g = net.blocks["4"].embed.weight.grad
+        assert g[[1, 3]].abs().sum(1).min() > 0 and torch.count_nonzero(g[[0, 2, 4]]) == 0
+    assert all(p.grad is None for p in G.blocks["16"].parameters())
+
+
+def test_generator_normalises_latent_and_embedding_separately():
+    torch.manual_seed(1)
+    G = ProgressiveGenerator(_cond_cfg("concat")).double()
+    seen = []
+    G.blocks["4"].dense.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    z, y = torch.randn(3, 8, dtype=torch.float64), torch.tensor([0, 3, 3])
+    with torch.no_grad():
+        out = G(z, 8, cond=y)
+    e = G.blocks["4"].embed.weight[y]
+
+    def unit_ms(v):  # the pixel norm written out
+        return v / v.square().mean(1, keepdim=True).add(1e-8).sqrt()
+
+    torch.testing.assert_close(seen[0], torch.cat([unit_ms(z), unit_ms(e)], 1), rtol=0,
+                               atol=1e-12)
+    # so the output does not move with the scale of z (as in PGGAN) nor of the embedding (up to
+    # the pixel norm's epsilon, 1e-8 against mean squares of order 1)
+    with torch.no_grad():
+        scaled_z = G(3 * z, 8, cond=y)
+        G.blocks["4"].embed.weight.mul_(5)
+        scaled_e = G(z, 8, cond=y)
+    torch.testing.assert_close(scaled_z, out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scaled_e, out, rtol=0, atol=1e-6)
+    assert not torch.allclose(out[1], G(z[[1]], 8, cond=torch.tensor([0])).detach()[0])
+
+
+@pytest.mark.parametrize("mbdisc", [0, 3])
+def test_projection_is_head_plus_inner_product(mbdisc):
+    torch.manual_seed(2)
+    D = ProgressiveDiscriminator(_cond_cfg("projection", mbdisc_kernels=mbdisc,
+                                           mbdisc_dim=2)).double()
+    last = D.blocks["4"]
+    dense0_out = []
+    last.dense0.register_forward_hook(lambda m, i, o: dense0_out.append(o))
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([2, 0, 2, 4])
+    with torch.no_grad():
+        logits = D(x, 16, 0.6, cond=y)
+        phi = torch.nn.functional.leaky_relu(dense0_out[0], 0.2)  # (N, C)
+        head = last.dense1(last.mbdisc(phi) if mbdisc else phi).squeeze(1)
+        inner = (last.embed.weight[y] / phi.shape[1] ** 0.5 * phi).sum(1)
+    torch.testing.assert_close(logits, head + inner, rtol=0, atol=1e-12)
+    assert inner.abs().min() > 1e-4
+
+
+@pytest.mark.parametrize("cond_d", ["concat", "projection"])
+def test_label_changes_output_and_interacts_with_image(cond_d):
+    torch.manual_seed(3)
+    G = ProgressiveGenerator(_cond_cfg(cond_d)).double()
+    D = ProgressiveDiscriminator(_cond_cfg(cond_d, mbstd_group_size=0)).double()
+    z = torch.randn(2, 8, dtype=torch.float64).repeat(2, 1)
+    y = torch.tensor([0, 0, 3, 3])
+    with torch.no_grad():
+        img = G(z, 16, cond=y)
+        assert not torch.allclose(img[:2], img[2:])
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64).repeat(2, 1, 1, 1)
+        d = D(x, 16, cond=y)
+    change = d[2:] - d[:2]
+    assert change.abs().min() > 1e-6
+    assert not torch.allclose(change[0], change[1])
+
+
+def test_conditional_fade_in_is_seamless():
+    torch.manual_seed(4)
+    G = ProgressiveGenerator(_cond_cfg("concat")).double()
+    D = ProgressiveDiscriminator(_cond_cfg("concat")).double()
+    z, y = torch.randn(4, 8, dtype=torch.float64), torch.tensor([4, 0, 1, 1])
+    img = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(G(z, 16, 0.0, cond=y), _up(G(z, 8, 1.0, cond=y)), rtol=0,
+                                   atol=1e-6)
+        torch.testing.assert_close(D(_up(img), 16, 0.0, cond=y), D(img, 8, 1.0, cond=y),
+                                   rtol=0, atol=1e-6)
+
+
+def test_conditional_bf16_autocast_forward():
+    torch.manual_seed(0)
+    G, D = build_models(_cond_cfg("projection"))
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = D(G(torch.randn(4, 8), 16, 0.5, cond=y), 16, 0.5, cond=y)
+    assert logits.shape == (4,) and torch.isfinite(logits.float()).all()
+
+
+def test_cond_errors_name_the_argument(small_models):
+    G, D = build_models(_cond_cfg("concat"))
+    plain_g, plain_d = small_models
+    z, x = torch.randn(2, 8), torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="ProgressiveGenerator: cond is required"):
+        G(z, 8)
+    with pytest.raises(ValueError, match="ProgressiveDiscriminator: cond is required"):
+        D(x, 8)
+    with pytest.raises(ValueError, match="ProgressiveGenerator: cond was given"):
+        plain_g(torch.randn(2, 16, dtype=torch.float64), 8, cond=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="ProgressiveDiscriminator: cond was given"):
+        plain_d(x.double(), 8, cond=torch.tensor([0, 1]))
+    for bad in (torch.tensor([0, K]), torch.tensor([-1, 0])):
+        with pytest.raises(ValueError, match=r"cond holds class ids outside \[0, 5\)"):
+            G(z, 8, cond=bad)
+        with pytest.raises(ValueError, match=r"cond holds class ids outside \[0, 5\)"):
+            D(x, 8, cond=bad)
+    with pytest.raises(ValueError, match=r"cond must be an integer tensor of shape \(2,\)"):
+        G(z, 8, cond=torch.tensor([True, False]))
