@@ -268,3 +268,42 @@ def test_stop_and_resume_repeats_the_straight_run(variant, tmp_path, digits):
     assert_resume_is_exact(tiny_overrides(tmp_path, VARIANTS[variant]) + [
         f"data.shards={digits / 'train'}", "data.num_workers=0", "data.shuffle_buffer=100",
         "data.xflip=false", "train.total_kimg=0.048"], parts=(3, 3))
+
+
+def _nearest_digit_distance(images: torch.Tensor) -> float:
+    """Mean over ``images`` (N, 1, 8, 8) in [-1, 1] of the Euclidean distance to the nearest of
+    scikit-learn's 1797 digits on the same scale."""
+    from scalegan.data.digits import digit_images, to_signed
+
+    real = torch.from_numpy(to_signed(digit_images()[0]).reshape(-1, 64)).double()
+    return torch.cdist(images.reshape(-1, 64).double(), real).min(1).values.mean().item()
+
+
+CONFIGS = {"lsgan": 5, "wgan": 10, "rpgan": 5, "mlp": 5, "cdcgan": 5}
+"""configs/demo_digits8_<name>.yaml trained for this many kimg (WGAN: 10, G updates every fifth
+step). Measured (seed 0, 5 kimg): untrained G's samples lie 6.1 from the nearest real digit;
+after training lsgan 3.4, rpgan 3.1, the vanilla GAN (mlp, minimax) 3.9."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_each_config_learns_digits(name, tmp_path, digits):
+    from pathlib import Path
+
+    from scalegan.train.trainer import Trainer
+
+    config = Path(__file__).resolve().parents[2] / "configs" / f"demo_digits8_{name}.yaml"
+    cfg = load_config(config, [f"runs_dir={tmp_path}", f"data.shards={digits / 'train'}",
+                               f"train.total_kimg={CONFIGS[name]}", "log.progress=false",
+                               "log.wandb=disabled"])
+    trainer = Trainer(cfg)
+
+    def samples():
+        with torch.no_grad():
+            return trainer.family.generate(trainer.ema, 500, 5, trainer.phase(), {"batch": 500})
+
+    before = _nearest_digit_distance(samples())
+    trainer.train()
+    trainer.close()
+    after = _nearest_digit_distance(samples())
+    assert after < 0.7 * before, (before, after)
