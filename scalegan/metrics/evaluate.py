@@ -231,7 +231,8 @@ def evaluate(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase, env
     family = family or build_family(cfg)
     if family.metrics:
         return family.evaluate(_networks(G), env, ec, phase), real
-    label_key = {"none": None, "label": "label", "embedding": "attributes"}[cfg.model.condition]
+    label_key = {"none": None, "label": "label",
+                 "embedding": "attributes"}[getattr(cfg.model, "condition", "none")]
     if real is None or real.resolution != phase.resolution:
         spec, key = (ec.real, "eval.real") if ec.real else (cfg.data.shards, "data.shards")
         real = real_features(spec, phase.resolution, extractor, env, num=ec.num_real,
