@@ -506,6 +506,13 @@ class Config:
             _check(value == plain or key in family.loss_menu, key, value,
                    f"{plain} with model.arch={self.model.arch}: it has no single D trained "
                    f"by the loss menu (the families that have: {', '.join(single_d_archs())})")
+        pc = self.parallel
+        if (self.loss.kind == "rpgan" and "loss.r2_gamma" in family.loss_menu
+                and pc.strategy == "deepspeed" and pc.zero_stage == 3):
+            raise ConfigError("loss.kind='rpgan' is not allowed with parallel.strategy=deepspeed "
+                              "parallel.zero_stage=3: G's relativistic loss runs the frozen D "
+                              "twice in one phase (fakes, then reals), which ZeRO-3 leaves "
+                              "holding D's parameters; use zero_stage 1 or 2, fsdp or ddp")
         family.check(self)
 
     @property

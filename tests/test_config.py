@@ -63,6 +63,8 @@ def test_brace_pattern_override_stays_a_string():
     (["train.d_steps=2", "model.arch=srgan", "model.resolution=32"],
      "train.d_steps=2 is not allowed: expected 0 with model.arch=srgan"),
     (["optim.kind=sgd"], "optim.kind='sgd' is not allowed: expected adam | rmsprop"),
+    (["loss.kind=rpgan", "parallel.strategy=deepspeed", "parallel.zero_stage=3"],
+     "loss.kind='rpgan' is not allowed with parallel.strategy=deepspeed parallel.zero_stage=3"),
     (["loss.kind=wgan", "loss.clip=0"], "loss.clip=0.0 is not allowed: expected > 0"),
     (["model.spectral_norm=g"], "model.spectral_norm='g' is not allowed: expected none | d | both"),
     (["model.arch=stackgan", "loss.kind=hinge"],

@@ -4,7 +4,6 @@ resume, training on the built-in domains, and `generate --input`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,10 @@ from families.common import (
     StubServices,
     assert_bad_inputs_are_named,
     assert_matches,
+    assert_resume_is_exact,
     fixed_trainer,
     full_state,
-    run_in_parts,
+    losses_by_step,
     shards_to_folder,
     tiny_overrides,
     train_fixed,
@@ -216,28 +216,16 @@ def _real(tmp_path, domains, *extra: str) -> list[str]:
         "data.num_workers=0", "data.shuffle_buffer=10", *extra]
 
 
-def _loss_rows(run_dir) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k.startswith("loss/") or k == "step"}
-            for r in rows if any(k.startswith("loss/") for k in r)]
-
-
 def test_stop_and_resume_repeats_the_straight_run(tmp_path, domains):
     # 7 steps of 8 with n_critic 2, stopped after 3 (mid-cycle: D, D + G, D) and resumed: the
     # phase schedule, the dropout draws and both domains' streams (40 images each, into their
     # second epoch) go on as in the straight run. Every step's losses are compared (the D-only
     # steps too), then every network and copy.
     overrides = _real(tmp_path, domains, "train.total_kimg=0.056", "train.d_steps=2")
-    straight = run_in_parts(overrides, "straight", [7])
-    split = run_in_parts(overrides, "split", [3, 4])
-    a, b = _loss_rows(straight.run_dir), _loss_rows(split.run_dir)
-    assert [r["step"] for r in a] == list(range(1, 8))
-    assert sum("loss/G" in r for r in a) == 3
-    assert a == b
-    want, got = full_state(straight), full_state(split)
-    assert want.keys() == got.keys()
-    for key in want:
-        assert torch.equal(want[key], got[key]), key
+    assert_resume_is_exact(overrides, parts=(3, 4))
+    rows = losses_by_step(tmp_path / "runs" / "straight")
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    assert sum("loss/G" in r for r in rows) == 3
 
 
 @pytest.mark.slow
