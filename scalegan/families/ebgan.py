@@ -104,11 +104,12 @@ class EBGANConfig:
 
 
 def pulling_away(codes: torch.Tensor) -> torch.Tensor:
-    """EBGAN's pulling-away term of codes ``(N, K)``, N >= 2: the mean over ordered pairs
-    i != j of the squared cosine similarity of codes i and j (float32 under bf16)."""
+    """EBGAN's pulling-away term of codes ``(N, K)``: the mean over ordered pairs i != j of the
+    squared cosine similarity of codes i and j (float32 under bf16); 0 for a single code (no
+    pairs: a global batch of one)."""
     n = codes.shape[0]
     if n < 2:
-        raise ValueError(f"pulling_away: needs at least 2 codes, got {n}")
+        return full(codes).sum() * 0  # in the graph, as the codes are
     unit = F.normalize(full(codes).flatten(1), dim=1)  # (N, K)
     cos2 = (unit @ unit.T).square()  # (N, N)
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=codes.device)

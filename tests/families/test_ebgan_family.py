@@ -76,8 +76,7 @@ def test_pulling_away_of_three_codes_by_hand():
     assert pulling_away(codes).item() == pytest.approx(1 / 3, abs=1e-15)
     assert pulling_away(_t([[1.0, 1.0], [-2.0, -2.0]])).item() == pytest.approx(1.0)  # parallel
     assert pulling_away(_t([[1.0, 0.0], [0.0, 1.0]])).item() == 0.0
-    with pytest.raises(ValueError, match="at least 2 codes"):
-        pulling_away(_t([[1.0, 0.0]]))
+    assert pulling_away(_t([[1.0, 0.0]])).item() == 0.0  # no pairs
 
 
 def test_losses_match_hand_computed_values(tmp_path):

@@ -307,3 +307,30 @@ def test_each_config_learns_digits(name, tmp_path, digits):
     trainer.close()
     after = _nearest_digit_distance(samples())
     assert after < 0.7 * before, (before, after)
+    if name != "cdcgan":
+        return
+    from PIL import Image
+
+    from scalegan.cli import main
+
+    out = tmp_path / "threes.png"
+    assert main(["generate", str(trainer.run_dir), "--label", "3", "--num", "16", "--out",
+                 str(out)]) == 0
+    width, height = Image.open(out).size
+    assert width == height > 4 * 8  # a square grid of 16 digits
+    assert main(["generate", str(trainer.run_dir), "--label", "10", "--out",
+                 str(tmp_path / "x.png")]) == 2
+
+
+def test_label_grids_hold_one_class_per_row_and_generate_asks_for_labels(tmp_path):
+    family = _family(tmp_path, "model.condition=label", "model.num_classes=3",
+                     "log.sample_grid=4")
+    z, labels = family.sample_inputs()
+    assert z.shape[0] == 16 and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [0] * 4
+    assert family.conditions(4, {"label": 2}).tolist() == [2, 2, 2, 2]
+    assert family.conditions(4, {}).tolist() == [0, 1, 2, 0]  # every class in turn
+    with pytest.raises(ValueError, match=r"--label 3 is out of range: the model has "
+                                         r"model.num_classes=3"):
+        family.conditions(4, {"label": 3})
+    with pytest.raises(ValueError, match="unconditional"):
+        _family(tmp_path).conditions(4, {"label": 1})
