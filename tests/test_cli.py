@@ -26,7 +26,8 @@ def _repo_root(monkeypatch):
     ("train.batchsize=32", "unknown key train.batchsize", "batch_size"),   # unknown key
     ("train.batch_size=many", "train.batch_size='many' has the wrong type", "int"),  # type
     ("model.resolution=48", "model.resolution=48 is not allowed", "power of two from 8 to 1024"),
-    ("loss.kind=wasserstein", "loss.kind='wasserstein'", "nonsaturating | minimax | lsgan | hinge | wgan | wgan_gp | rpgan"),
+    ("loss.kind=wasserstein", "loss.kind='wasserstein'",
+     "nonsaturating | minimax | lsgan | hinge | wgan | wgan_gp | rpgan"),
     ("train.grad_accum=3", "train.grad_accum=3", "a divisor of train.batch_size=16"),
 ])
 def test_config_errors_exit_2_naming_the_key(override, named, allowed, capsys, tmp_path):
