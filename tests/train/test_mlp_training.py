@@ -61,9 +61,9 @@ def test_mlp_resume_is_exact(tmp_path):
     assert run("split", 4) == straight  # the point stream's position is in the checkpoint
 
 
-def test_mlp_needs_the_point_source():
-    with pytest.raises(ConfigError, match="data.source='shards' is not allowed: expected points "
-                                          "with model.arch=mlp"):
-        load_config(None, ["model.arch=mlp"])
-    with pytest.raises(ConfigError, match="data.source='points' is not allowed"):
+def test_mlp_takes_points_or_images_and_image_models_refuse_points():
+    assert load_config(None, ["model.arch=mlp"]).data.source == "shards"  # the vanilla GAN
+    assert load_config(None, ["model.arch=mlp", "data.source=points"]).data.source == "points"
+    with pytest.raises(ConfigError, match="data.source='points' is not allowed: expected shards "
+                                          "with model.arch=progressive"):
         load_config(None, ["data.source=points"])
