@@ -6,18 +6,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from scalegan import losses
-from scalegan.config import Config, ModelConfig
+from scalegan.config import Config, ConfigError, ModelConfig
+from scalegan.data.points import mixture
 from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream
+from scalegan.metrics.modes import mode_stats
+from scalegan.monitor.scatter import save_scatter
 from scalegan.train.schedule import Phase
 
 SAMPLE_CHUNK = 16
 """Images per generator call when drawing sample grids."""
+POINT_SAMPLES = 2500
+"""Samples drawn for each scatter plot and mode count of a 2-D run (VEEGAN / PacGAN: 2500)."""
 
 
 @dataclass
@@ -274,3 +280,45 @@ class ImageGAN(NoiseToImage):
 
     def images(self, nets, z, cond, stage: Phase, stages: str = "final") -> torch.Tensor:
         return self.G(nets, z, cond, stage)
+
+
+class PointsOrImages(ImageGAN):
+    """A single-D family on 2-D points (data.source=points) or on images (shards): its
+    ``networks(mc, points)`` build either kind; its 2-D runs draw scatter plots over the
+    mixture's modes and log modes/covered and modes/high_quality with each of them."""
+
+    point_data = None
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.data.source == "points" and cfg.eval.every_kimg != 0:
+            raise ConfigError(f"eval.every_kimg={cfg.eval.every_kimg!r} is not allowed: expected "
+                              f"0 with model.arch={cfg.model.arch} on data.source=points (2-D "
+                              f"runs log modes/covered and modes/high_quality with each sample "
+                              f"instead)")
+
+    def make_networks(self):
+        return self.networks(self.mc, points=self.on_points)
+
+    def num_samples(self) -> int:
+        return POINT_SAMPLES if self.on_points else super().num_samples()
+
+    def describe(self, nets) -> str:
+        text = super().describe(nets)
+        if not self.on_points:
+            return text
+        return text.replace(f"{self.mc.resolution}x{self.mc.resolution}", "2-D points")
+
+    def streams(self) -> dict[str, Stream]:
+        if not self.on_points:
+            return super().streams()
+        return {"data": Stream("", key="data.points", points=self.cfg.data.points)}
+
+    def write_samples(self, images, paths: list[Path]) -> dict[str, float]:
+        if not self.on_points:
+            return super().write_samples(images, paths)
+        centers, std = mixture(self.cfg.data.points)
+        stats = mode_stats(images, centers, std)
+        for p in paths:
+            save_scatter(images, p, centers=centers, radius=3 * std)
+        return {"modes/covered": stats["modes"], "modes/high_quality": stats["high_quality"]}

@@ -28,20 +28,16 @@ translators follow them exactly (the paper averages nothing); they are what ``ge
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from scalegan.config import ConfigError, _check, _is_pow2
-from scalegan.data.pipeline import read_images
-from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream, full
+from scalegan.config import _check, _is_pow2
+from scalegan.families._base import PhaseSpec, Scalars, Services, full
+from scalegan.families._translation import Pair, Translation
 from scalegan.models.cyclegan import PatchDiscriminator, ResnetGenerator, resnet_blocks_for
 from scalegan.train.schedule import Phase
-
-DIRECTIONS = ("a2b", "b2a")
 
 
 @dataclass
@@ -84,16 +80,6 @@ class CycleGANConfig:
         _check(0 <= self.decay_from <= 1, "model.decay_from", self.decay_from, "0 .. 1")
 
 
-@dataclass
-class Pair:
-    """One micro-batch: a batch of each domain, and the translations the G phase made of them
-    (for the D phase)."""
-    a: torch.Tensor
-    b: torch.Tensor
-    fake_a: torch.Tensor | None = None
-    fake_b: torch.Tensor | None = None
-
-
 def _lsgan(logits: torch.Tensor, target: float) -> torch.Tensor:
     return (full(logits) - target).square().mean()
 
@@ -102,7 +88,7 @@ def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (full(x) - full(y)).abs().mean()
 
 
-class CycleGAN(Family):
+class CycleGAN(Translation):
     arch = "cyclegan"
     config_class = CycleGANConfig
     ema = ("G_AB", "G_BA")
@@ -118,13 +104,6 @@ class CycleGAN(Family):
         self.pools = {d: torch.zeros(shape, device=device) for d in ("a", "b")}
         self.pool_counts = {d: torch.zeros((), dtype=torch.int64, device=device)
                             for d in ("a", "b")}
-        self.sample_pair: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        if not cfg.data.shards_b and cfg.data.source == "shards":
-            raise ConfigError("data.shards_b='' is not allowed: expected domain B's shards "
-                              "with model.arch=cyclegan (data.shards is domain A)")
 
     @classmethod
     def networks(cls, mc):
@@ -138,31 +117,12 @@ class CycleGAN(Family):
         return [PhaseSpec("G", ("G_AB", "G_BA"), self.g_loss, frozen=("D_A", "D_B")),
                 PhaseSpec("D", ("D_A", "D_B"), self.d_loss)]
 
-    def streams(self) -> dict[str, Stream]:
-        dc = self.cfg.data
-        return {"a": Stream(dc.shards), "b": Stream(dc.shards_b, key="data.shards_b")}
-
     def learning_rates(self, images_seen: int) -> dict[str, float]:
         total = self.cfg.train.total_kimg * 1000
         start = self.mc.decay_from * total
         factor = 1.0 if images_seen <= start else max(0.0, (total - images_seen) /
                                                       max(total - start, 1.0))
         return dict.fromkeys(self.lr_role, factor)
-
-    # ------------------------------------------------------------------------------ micro-batch
-
-    def _images(self, batch) -> torch.Tensor:
-        x = batch.images
-        if self.mc.img_channels == 1 and x.shape[1] == 3:
-            x = x.mean(1, keepdim=True)
-        return x.to(self.svc.device)
-
-    def micro_batch(self, batches: Mapping[str, Any], svc: Services) -> Pair:
-        pair = Pair(self._images(batches["a"]), self._images(batches["b"]))
-        if self.sample_pair is None:
-            k = self.cfg.log.sample_grid
-            self.sample_pair = (pair.a[:k].detach().clone(), pair.b[:k].detach().clone())
-        return pair
 
     # ----------------------------------------------------------------------------------- losses
 
@@ -221,52 +181,6 @@ class CycleGAN(Family):
         return {"pool_a": self.pools["a"], "pool_b": self.pools["b"],
                 "pool_count_a": self.pool_counts["a"], "pool_count_b": self.pool_counts["b"]}
 
-    # --------------------------------------------------------------------------------- sampling
-
-    def sample_inputs(self):
-        return self.sample_pair
-
-    def samples(self, nets, inputs, stage: Phase) -> torch.Tensor:
-        """Per row: an image, its translation, and the translation back, for domain A's
-        samples then domain B's: (2k, C, R, 3R)."""
-        a, b = inputs
-        device = next(nets["G_AB"].parameters()).device
-        a, b = a.to(device), b.to(device)
-        fake_b, fake_a = nets["G_AB"](a), nets["G_BA"](b)
-        rows_a = torch.cat([a, fake_b, nets["G_BA"](fake_b)], dim=3)
-        rows_b = torch.cat([b, fake_a, nets["G_AB"](fake_a)], dim=3)
-        return torch.cat([rows_a, rows_b])
-
-    def grid_columns(self, num: int) -> int:
-        return max(1, math.isqrt(num // 2))  # each image is a triple, 3 times as wide
-
-    def from_images(self, nets, images: torch.Tensor, options: dict) -> torch.Tensor:
-        direction = options.get("direction") or "a2b"
-        if direction not in DIRECTIONS:
-            raise ValueError(f"--direction {direction!r}: expected a2b or b2a")
-        net = nets["G_AB" if direction == "a2b" else "G_BA"]
-        return net(images.to(next(net.parameters()).device)).cpu()
-
-    # ------------------------------------------------------------------------------- evaluation
-
-    @torch.no_grad()
-    def evaluate(self, nets, env, ec, stage: Phase) -> dict[str, float]:
-        """Mean absolute cycle-reconstruction error per pixel (in [-1, 1] units) on the
-        held-out images of each domain: eval.real (A) and eval.real_b (B), by default the
-        training shards."""
-        mc, dc = self.mc, self.cfg.data
-        out = {}
-        for domain, spec, key, there, back in (
-                ("a", ec.real or dc.shards, "eval.real", "G_AB", "G_BA"),
-                ("b", ec.real_b or dc.shards_b, "eval.real_b", "G_BA", "G_AB")):
-            x = read_images(spec, mc.resolution, channels=mc.img_channels, num=ec.num_real,
-                            key=key, allow_unindexed=dc.allow_unindexed)
-            device = next(nets[there].parameters()).device
-            errors = [(nets[back](nets[there](xb.to(device))).float().cpu() - xb).abs().mean(
-                dim=(1, 2, 3)) for xb in x.split(ec.batch_size)]
-            out[f"cycle_{domain}"] = float(torch.cat(errors).mean())
-            out[f"num_{domain}"] = float(len(x))
-        return out
 
 
 FAMILY = CycleGAN

@@ -47,16 +47,14 @@ averages nothing); they are what ``generate`` and ``eval`` read.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from scalegan.config import ConfigError, _check, _is_pow2
-from scalegan.data.pipeline import read_images
-from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream, full
+from scalegan.config import _check, _is_pow2
+from scalegan.families._base import PhaseSpec, Scalars, full
+from scalegan.families._translation import Pair, Translation
 from scalegan.models.dualgan import (
     PatchDiscriminator,
     UNetGenerator,
@@ -65,7 +63,6 @@ from scalegan.models.dualgan import (
 )
 from scalegan.train.schedule import Phase
 
-DIRECTIONS = ("a2b", "b2a")
 N_CRITIC = 2
 """Critic updates per translator update when ``train.d_steps`` is 0 (the paper: 2-4)."""
 
@@ -117,13 +114,6 @@ class DualGANConfig:
             _check(getattr(self, name) >= 0, f"model.{name}", getattr(self, name), ">= 0")
 
 
-@dataclass
-class Pair:
-    """One micro-batch: a batch of each domain."""
-    a: torch.Tensor
-    b: torch.Tensor
-
-
 def _translate(net, x: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
     """``net(x)``, with dropout masks ``noise`` when there are any."""
     return net(x) if noise is None else net(x, noise)
@@ -137,7 +127,7 @@ def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (full(x) - full(y)).abs().mean()
 
 
-class DualGAN(Family):
+class DualGAN(Translation):
     arch = "dualgan"
     config_class = DualGANConfig
     ema = ("G_A", "G_B")
@@ -145,16 +135,8 @@ class DualGAN(Family):
     lr_role = {"G_A": "g", "G_B": "g", "D_A": "d", "D_B": "d"}
     loss_menu = ("train.d_steps",)
     metrics = {"recon_a": True, "recon_b": True}
-
-    def __init__(self, cfg, svc: Services | None = None):
-        super().__init__(cfg, svc)
-        self.sample_pair: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        if not cfg.data.shards_b and cfg.data.source == "shards":
-            raise ConfigError("data.shards_b='' is not allowed: expected domain B's shards "
-                              "with model.arch=dualgan (data.shards is domain A)")
+    translators = ("G_A", "G_B")
+    round_trip = "recon"
 
     @classmethod
     def networks(cls, mc):
@@ -179,25 +161,6 @@ class DualGAN(Family):
         return [PhaseSpec("D", ("D_A", "D_B"), self.d_loss, frozen=("G_A", "G_B")),
                 PhaseSpec("G", ("G_A", "G_B"), self.g_loss, frozen=("D_A", "D_B"),
                           interval=n, offset=n - 1)]
-
-    def streams(self) -> dict[str, Stream]:
-        dc = self.cfg.data
-        return {"a": Stream(dc.shards), "b": Stream(dc.shards_b, key="data.shards_b")}
-
-    # ------------------------------------------------------------------------------ micro-batch
-
-    def _images(self, batch) -> torch.Tensor:
-        x = batch.images
-        if self.mc.img_channels == 1 and x.shape[1] == 3:
-            x = x.mean(1, keepdim=True)
-        return x.to(self.svc.device)
-
-    def micro_batch(self, batches: Mapping[str, Any], svc: Services) -> Pair:
-        pair = Pair(self._images(batches["a"]), self._images(batches["b"]))
-        if self.sample_pair is None:
-            k = self.cfg.log.sample_grid
-            self.sample_pair = (pair.a[:k].detach().clone(), pair.b[:k].detach().clone())
-        return pair
 
     def noise(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         """Dropout masks for one translator call on ``x`` (this rank's rows of masks drawn for
@@ -239,52 +202,6 @@ class DualGAN(Family):
             loss = adv + mc.recon_weight_a * recon_a + mc.recon_weight_b * recon_b
         return loss, {"loss/G": adv, "loss/recon_a": recon_a, "loss/recon_b": recon_b}
 
-    # --------------------------------------------------------------------------------- sampling
-
-    def sample_inputs(self):
-        return self.sample_pair
-
-    def samples(self, nets, inputs, stage: Phase) -> torch.Tensor:
-        """Per row: an image, its translation, and the translation back, for domain A's
-        samples then domain B's: (2k, C, R, 3R)."""
-        a, b = inputs
-        device = next(nets["G_A"].parameters()).device
-        a, b = a.to(device), b.to(device)
-        fake_b, fake_a = nets["G_A"](a), nets["G_B"](b)
-        rows_a = torch.cat([a, fake_b, nets["G_B"](fake_b)], dim=3)
-        rows_b = torch.cat([b, fake_a, nets["G_A"](fake_a)], dim=3)
-        return torch.cat([rows_a, rows_b])
-
-    def grid_columns(self, num: int) -> int:
-        return max(1, math.isqrt(num // 2))  # each image is a triple, 3 times as wide
-
-    def from_images(self, nets, images: torch.Tensor, options: dict) -> torch.Tensor:
-        direction = options.get("direction") or "a2b"
-        if direction not in DIRECTIONS:
-            raise ValueError(f"--direction {direction!r}: expected a2b or b2a")
-        net = nets["G_A" if direction == "a2b" else "G_B"]
-        return net(images.to(next(net.parameters()).device)).cpu()
-
-    # ------------------------------------------------------------------------------- evaluation
-
-    @torch.no_grad()
-    def evaluate(self, nets, env, ec, stage: Phase) -> dict[str, float]:
-        """Mean absolute reconstruction error per pixel (in [-1, 1] units) on the held-out
-        images of each domain: |G_B(G_A(a)) - a| on eval.real (A), |G_A(G_B(b)) - b| on
-        eval.real_b (B), by default the training shards."""
-        mc, dc = self.mc, self.cfg.data
-        out = {}
-        for domain, spec, key, there, back in (
-                ("a", ec.real or dc.shards, "eval.real", "G_A", "G_B"),
-                ("b", ec.real_b or dc.shards_b, "eval.real_b", "G_B", "G_A")):
-            x = read_images(spec, mc.resolution, channels=mc.img_channels, num=ec.num_real,
-                            key=key, allow_unindexed=dc.allow_unindexed)
-            device = next(nets[there].parameters()).device
-            errors = [(nets[back](nets[there](xb.to(device))).float().cpu() - xb).abs().mean(
-                dim=(1, 2, 3)) for xb in x.split(ec.batch_size)]
-            out[f"recon_{domain}"] = float(torch.cat(errors).mean())
-            out[f"num_{domain}"] = float(len(x))
-        return out
 
 
 FAMILY = DualGAN

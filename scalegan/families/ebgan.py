@@ -33,28 +33,23 @@ run's ``optim`` settings. G's weights are averaged for sampling (G_ema), as the 
 noise-to-image families' (``train.ema_halflife_kimg``; 0 turns averaging off).
 
 ``modes/covered`` and the scatter plots of 2-D runs, the configuration checks of the sources
-and the network choice are shared with ``model.arch=mrgan`` (:class:`PointsOrImages`).
+and the network choice are shared with ``model.arch=mrgan`` (:class:`EitherSource`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from scalegan.config import ConfigError, _check
-from scalegan.data.points import mixture
-from scalegan.families._base import PhaseSpec, Scalars, Stream, full
-from scalegan.families._image import ImageGAN, MicroBatch
-from scalegan.families.mlp import POINT_SAMPLES
-from scalegan.metrics.modes import mode_stats
+from scalegan.families._base import PhaseSpec, Scalars, full
+from scalegan.families._image import MicroBatch, PointsOrImages
 from scalegan.models.ebgan import ConvAutoencoderD, ConvGenerator, MLPAutoencoderD, conv_widths
 from scalegan.models.mlp import MLPGenerator
-from scalegan.monitor.scatter import save_scatter
 from scalegan.train.schedule import Phase
 
 IMAGE_FIELDS = ("resolution", "img_channels", "channel_base", "channel_max")
@@ -116,11 +111,10 @@ def pulling_away(codes: torch.Tensor) -> torch.Tensor:
     return cos2[off_diagonal].sum() / (n * (n - 1))
 
 
-class PointsOrImages(ImageGAN):
-    """An unconditional noise-to-image family on 2-D points (MLP nets) or images (conv nets),
-    as ``data.source`` says; its 2-D runs log the mlp family's mode counts and scatter plots."""
+class EitherSource(PointsOrImages):
+    """An unconditional family on 2-D points (MLP nets) or images (conv nets), whose model
+    section has fields for one source only (refused, by name, with the other)."""
 
-    point_data = None
     labelled = False
 
     @classmethod
@@ -134,43 +128,12 @@ class PointsOrImages(ImageGAN):
                 raise ConfigError(f"model.{name}={getattr(mc, name)!r} is not allowed: it is "
                                   f"read only with data.source={other}; leave it unset with "
                                   f"data.source={cfg.data.source} (model.arch={mc.arch})")
-        if points and cfg.eval.every_kimg != 0:
-            raise ConfigError(f"eval.every_kimg={cfg.eval.every_kimg!r} is not allowed: expected "
-                              f"0 with model.arch={mc.arch} on data.source=points (2-D runs "
-                              f"log modes/covered and modes/high_quality with each sample "
-                              f"instead)")
-
-    def make_networks(self):
-        return self.networks(self.mc, points=self.on_points)
-
-    def num_samples(self) -> int:
-        return POINT_SAMPLES if self.on_points else super().num_samples()
-
-    def describe(self, nets) -> str:
-        text = super().describe(nets)
-        if not self.on_points:
-            return text
-        return text.replace(f"{self.mc.resolution}x{self.mc.resolution}", "2-D points")
-
-    def streams(self) -> dict[str, Stream]:
-        if not self.on_points:
-            return super().streams()
-        return {"data": Stream("", key="data.points", points=self.cfg.data.points)}
-
-    def write_samples(self, images, paths: list[Path]) -> dict[str, float]:
-        if not self.on_points:
-            return super().write_samples(images, paths)
-        centers, std = mixture(self.cfg.data.points)
-        stats = mode_stats(images, centers, std)
-        for p in paths:
-            save_scatter(images, p, centers=centers, radius=3 * std)
-        return {"modes/covered": stats["modes"], "modes/high_quality": stats["high_quality"]}
 
     def images(self, nets, z, cond, stage: Phase, stages: str = "final") -> torch.Tensor:
         return nets["G"](z, stage.resolution, stage.alpha)
 
 
-class EBGAN(PointsOrImages):
+class EBGAN(EitherSource):
     arch = "ebgan"
     config_class = EBGANConfig
     loss_menu = ()

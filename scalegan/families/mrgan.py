@@ -58,7 +58,7 @@ from scalegan import losses
 from scalegan.config import _check
 from scalegan.families._base import PhaseSpec, Scalars, full
 from scalegan.families._image import MicroBatch
-from scalegan.families.ebgan import PointsOrImages, check_model_fields
+from scalegan.families.ebgan import EitherSource, check_model_fields
 from scalegan.models.ebgan import ConvEncoder, ConvGenerator, conv_widths
 from scalegan.models.mlp import MLPDiscriminator, MLPGenerator
 from scalegan.models.mrgan import ConvDiscriminator, MLPEncoder
@@ -98,7 +98,7 @@ class MRGANConfig:
             _check(getattr(self, name) >= 0, f"model.{name}", getattr(self, name), ">= 0")
 
 
-class MRGAN(PointsOrImages):
+class MRGAN(EitherSource):
     arch = "mrgan"
     config_class = MRGANConfig
     loss_menu = ("loss.r2_gamma", "train.d_steps")
