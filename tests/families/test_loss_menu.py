@@ -189,8 +189,8 @@ def _train(env, variant: str, strategy: str, tmp_path, steps: int):
 
 
 STRATEGY_CASES = [(v, s) for v in VARIANTS for s in ("ddp", "fsdp")] + [
-    ("wgan", "deepspeed-3"), ("lsgan_spectral", "deepspeed-3"),
-    ("minimax_maxout_dropout", "deepspeed-2"), ("label_projection", "deepspeed-3")]
+    pytest.param(v, "deepspeed-3", marks=pytest.mark.slow)  # clipping on ZeRO's flat partitions,
+    for v in ("wgan", "lsgan_spectral", "label_projection")]  # spectral norm's buffers, labels
 
 
 @pytest.mark.parametrize(("variant", "strategy"), STRATEGY_CASES)
