@@ -34,7 +34,6 @@ from scalegan.data.demo import pack_demo
 from scalegan.data.pipeline import read_images
 from scalegan.families.lapgan import residuals_path
 from scalegan.metrics.evaluate import evaluate, extractor_for
-from scalegan.models.lapgan import gaussian_pyramid, laplacian_pyramid
 from scalegan.parallel.env import DistEnv
 from scalegan.train.trainer import Trainer
 
@@ -47,22 +46,6 @@ DCGAN = ["model.arch=dcgan", "model.resolution=32", "model.img_channels=1",
          "log.sample_grid=8"]
 """The run without the pyramid: DCGAN's own Adam settings (the LAPGAN config's 1e-3 and
 betas (0, 0.99) are for its fully connected coarsest level)."""
-
-
-def level_figures(trainer: Trainer, real: torch.Tensor, num: int = 500) -> dict[str, float]:
-    family, nets, levels = trainer.family, trainer.ema, trainer.family.mc.levels
-    lows, highs = laplacian_pyramid(gaussian_pyramid(real[torch.arange(num) % len(real)],
-                                                     levels))
-    z = torch.randn(num, family.mc.latent_dim, generator=torch.Generator().manual_seed(7))
-    noise = family.noise(z)
-    with torch.no_grad():
-        coarse = family.chain(nets, z)[0][0]
-        real_coarse = gaussian_pyramid(real, levels)[0]
-        out = {"spread_0": (coarse.std(0).mean() / real_coarse.std(0).mean()).item()}
-        for j in range(1, levels):
-            out[f"residual_{j}"] = (nets[f"G{j}"](lows[j], noise[j]).std()
-                                    / highs[j].std()).item()
-    return out
 
 
 def run(name: str, overrides: list[str], seed: int, kimg: float, shards: Path, root: str,
@@ -83,7 +66,7 @@ def run(name: str, overrides: list[str], seed: int, kimg: float, shards: Path, r
                           family=trainer.family)
     figures = {"fid": results["fid"], "seconds": seconds}
     if cfg.model.arch == "lapgan":
-        figures.update(level_figures(trainer, real))
+        figures.update(trainer.family.level_figures(trainer.ema, real, num=500))
     return trainer, figures
 
 

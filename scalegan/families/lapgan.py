@@ -317,6 +317,27 @@ class LAPGAN(NoiseToImage):
             images.append(low + residuals[-1])
         return images, residuals
 
+    @torch.no_grad()
+    def level_figures(self, nets, real: torch.Tensor, num: int = 200,
+                      seed: int = 7) -> dict[str, float]:
+        """How each level matches the data ``real`` (N, C, R, R): ``spread_0``, the coarsest
+        level's per-pixel std across ``num`` chained samples over the real coarse images' (1
+        for a model as varied as the data, small for one that draws the same image); for each
+        finer level j, ``residual_j``, the std of G_j's residuals given real coarser images (as
+        G_j is trained) over the real residuals' std."""
+        levels = self.mc.levels
+        lows, highs = laplacian_pyramid(gaussian_pyramid(real[torch.arange(num) % len(real)],
+                                                         levels))
+        z = torch.randn(num, self.mc.latent_dim, generator=torch.Generator().manual_seed(seed))
+        noise = self.noise(z)
+        coarse = self.chain(nets, z)[0][0]
+        real_coarse = gaussian_pyramid(real, levels)[0]
+        out = {"spread_0": (coarse.std(0).mean() / real_coarse.std(0).mean()).item()}
+        for j in range(1, levels):
+            out[f"residual_{j}"] = (nets[f"G{j}"](lows[j], noise[j]).std()
+                                    / highs[j].std()).item()
+        return out
+
     def images(self, nets, z, cond, stage: Phase, stages: str = "final") -> torch.Tensor:
         """The final level's images (N, C, R, R), or ``stages="all"``: every level's side by
         side, each enlarged (nearest) to R: (N, C, R, levels * R). Clamped to [-1, 1]."""

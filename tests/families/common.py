@@ -221,3 +221,14 @@ def assert_bad_inputs_are_named(run_dir, tmp_path, side: int, channels: int) -> 
                          "--out", str(tmp_path / f"out_{name}")])
         assert code == 2, err.getvalue()
         assert name in err.getvalue() and message in err.getvalue(), err.getvalue()
+
+
+def assert_configs_train_a_step(tmp_path, arch: str, configs: list[tuple]) -> None:
+    """Each (config file, overrides) loads as ``model.arch=arch`` and trains one step."""
+    for path, extra in configs:
+        cfg = load_config(path, [f"runs_dir={tmp_path}", "log.progress=false",
+                                 "log.wandb=disabled", *extra])
+        assert cfg.model.arch == arch
+        trainer = Trainer(cfg)
+        assert trainer.train(max_steps=1) == "max_steps"
+        trainer.close()

@@ -27,6 +27,7 @@ from scalegan.train.trainer import Trainer
 
 from families.common import (
     StubServices,
+    assert_configs_train_a_step,
     assert_matches,
     assert_resume_is_exact,
     full_state,
@@ -255,15 +256,10 @@ def test_mlp_settings_are_refused_on_images(tmp_path):
 
 
 def test_configs_load_and_train_a_step(tmp_path, digits):
-    for path, extra in ((CONFIGS / "grid25_ebgan.yaml", []),
-                        (CONFIGS / "demo_digits8_ebgan.yaml",
-                         [f"data.shards={digits / 'train'}", f"eval.real={digits / 'holdout'}"])):
-        cfg = load_config(path, [f"runs_dir={tmp_path}", "log.progress=false",
-                                 "log.wandb=disabled", *extra])
-        assert cfg.model.arch == "ebgan"
-        trainer = Trainer(cfg)
-        assert trainer.train(max_steps=1) == "max_steps"
-        trainer.close()
+    assert_configs_train_a_step(tmp_path, "ebgan", [
+        (CONFIGS / "grid25_ebgan.yaml", []),
+        (CONFIGS / "demo_digits8_ebgan.yaml",
+         [f"data.shards={digits / 'train'}", f"eval.real={digits / 'holdout'}"])])
 
 
 # ----------------------------------------------------------------------------------- training

@@ -21,6 +21,7 @@ from scalegan.train.trainer import Trainer
 
 from families.common import (
     StubServices,
+    assert_configs_train_a_step,
     assert_matches,
     assert_resume_is_exact,
     tiny_overrides,
@@ -169,15 +170,10 @@ def test_settings_that_do_not_fit_are_refused(tmp_path, extra, message):
 
 
 def test_configs_load_and_train_a_step(tmp_path, digits):  # noqa: F811
-    for path, extra in ((CONFIGS / "grid25_mrgan.yaml", []),
-                        (CONFIGS / "demo_digits8_mrgan.yaml",
-                         [f"data.shards={digits / 'train'}", f"eval.real={digits / 'holdout'}"])):
-        cfg = load_config(path, [f"runs_dir={tmp_path}", "log.progress=false",
-                                 "log.wandb=disabled", *extra])
-        assert cfg.model.arch == "mrgan"
-        trainer = Trainer(cfg)
-        assert trainer.train(max_steps=1) == "max_steps"
-        trainer.close()
+    assert_configs_train_a_step(tmp_path, "mrgan", [
+        (CONFIGS / "grid25_mrgan.yaml", []),
+        (CONFIGS / "demo_digits8_mrgan.yaml",
+         [f"data.shards={digits / 'train'}", f"eval.real={digits / 'holdout'}"])])
 
 
 # ----------------------------------------------------------------------------------- training
