@@ -13,7 +13,7 @@ import torch
 
 from scalegan.config import ConfigError
 from scalegan.data.pipeline import read_images
-from scalegan.families._base import Family, Services, Stream
+from scalegan.families._base import Family, Services, Stream, full
 from scalegan.train.schedule import Phase
 
 DIRECTIONS = ("a2b", "b2a")
@@ -27,6 +27,11 @@ class Pair:
     b: torch.Tensor
     fake_a: torch.Tensor | None = None
     fake_b: torch.Tensor | None = None
+
+
+def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference, in float32 under bf16 (the translators' image losses)."""
+    return (full(x) - full(y)).abs().mean()
 
 
 class Translation(Family):

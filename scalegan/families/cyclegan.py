@@ -35,7 +35,7 @@ import torch
 
 from scalegan.config import _check, _is_pow2
 from scalegan.families._base import PhaseSpec, Scalars, Services, full
-from scalegan.families._translation import Pair, Translation
+from scalegan.families._translation import Pair, Translation, l1
 from scalegan.models.cyclegan import PatchDiscriminator, ResnetGenerator, resnet_blocks_for
 from scalegan.train.schedule import Phase
 
@@ -84,10 +84,6 @@ def _lsgan(logits: torch.Tensor, target: float) -> torch.Tensor:
     return (full(logits) - target).square().mean()
 
 
-def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (full(x) - full(y)).abs().mean()
-
-
 class CycleGAN(Translation):
     arch = "cyclegan"
     config_class = CycleGANConfig
@@ -133,11 +129,11 @@ class CycleGAN(Translation):
             fake_b, fake_a = G_AB(mb.a), G_BA(mb.b)
             rec_a, rec_b = G_BA(fake_b), G_AB(fake_a)
             adv = _lsgan(D_B(fake_b), 1.0) + _lsgan(D_A(fake_a), 1.0)
-            cycle = _l1(rec_a, mb.a) + _l1(rec_b, mb.b)
+            cycle = l1(rec_a, mb.a) + l1(rec_b, mb.b)
             loss = adv + mc.cycle_weight * cycle
             scalars = {"loss/G": adv, "loss/cycle": cycle}
             if mc.identity_weight > 0:
-                identity = _l1(G_AB(mb.b), mb.b) + _l1(G_BA(mb.a), mb.a)
+                identity = l1(G_AB(mb.b), mb.b) + l1(G_BA(mb.a), mb.a)
                 loss = loss + mc.identity_weight * mc.cycle_weight * identity
                 scalars["loss/identity"] = identity
         mb.fake_a, mb.fake_b = fake_a.detach(), fake_b.detach()

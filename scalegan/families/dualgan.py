@@ -54,7 +54,7 @@ import torch
 
 from scalegan.config import _check, _is_pow2
 from scalegan.families._base import PhaseSpec, Scalars, full
-from scalegan.families._translation import Pair, Translation
+from scalegan.families._translation import Pair, Translation, l1
 from scalegan.models.dualgan import (
     PatchDiscriminator,
     UNetGenerator,
@@ -121,10 +121,6 @@ def _translate(net, x: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.
 
 def _mean(x: torch.Tensor) -> torch.Tensor:
     return full(x).mean()
-
-
-def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (full(x) - full(y)).abs().mean()
 
 
 class DualGAN(Translation):
@@ -198,7 +194,7 @@ class DualGAN(Translation):
             fake_a = _translate(G_B, mb.b, noise[2])
             rec_b = _translate(G_A, fake_a, noise[3])
             adv = -_mean(nets["D_A"](fake_b)) - _mean(nets["D_B"](fake_a))
-            recon_a, recon_b = _l1(rec_a, mb.a), _l1(rec_b, mb.b)
+            recon_a, recon_b = l1(rec_a, mb.a), l1(rec_b, mb.b)
             loss = adv + mc.recon_weight_a * recon_a + mc.recon_weight_b * recon_b
         return loss, {"loss/G": adv, "loss/recon_a": recon_a, "loss/recon_b": recon_b}
 

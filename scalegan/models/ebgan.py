@@ -202,7 +202,9 @@ class ConvAutoencoderD(nn.Module):
         return energy(self.decoder(code), x), code
 
 
-def _mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+def leaky_mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden layers of ``hidden`` units (Linear + LeakyReLU(0.2)), then a linear
+    output layer of ``out_dim``."""
     modules: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):
@@ -224,8 +226,8 @@ class MLPAutoencoderD(nn.Module):
         _check_sizes("MLPAutoencoderD", in_dim=in_dim, code_dim=code_dim, hidden=hidden,
                      layers=layers)
         self.in_dim, self.code_dim = in_dim, code_dim
-        self.encoder = _mlp(in_dim, code_dim, hidden, layers)
-        self.decoder = _mlp(code_dim, in_dim, hidden, layers)
+        self.encoder = leaky_mlp(in_dim, code_dim, hidden, layers)
+        self.decoder = leaky_mlp(code_dim, in_dim, hidden, layers)
 
     def forward(self, x: torch.Tensor, resolution: int | None = None,
                 alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

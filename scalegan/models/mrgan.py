@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scalegan.models.ebgan import LRELU_SLOPE, ConvEncoder
+from scalegan.models.ebgan import ConvEncoder, leaky_mlp
 
 __all__ = ["ConvDiscriminator", "MLPEncoder"]
 
@@ -32,13 +32,7 @@ class MLPEncoder(nn.Module):
             if value < 1:
                 raise ValueError(f"MLPEncoder: {name} must be >= 1, got {value}")
         self.in_dim, self.latent_dim = in_dim, latent_dim
-        modules: list[nn.Module] = []
-        width = in_dim
-        for _ in range(layers):
-            modules += [nn.Linear(width, hidden), nn.LeakyReLU(LRELU_SLOPE)]
-            width = hidden
-        modules.append(nn.Linear(width, latent_dim))
-        self.net = nn.Sequential(*modules)
+        self.net = leaky_mlp(in_dim, latent_dim, hidden, layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.in_dim:

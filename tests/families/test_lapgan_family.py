@@ -357,6 +357,6 @@ def test_trains_on_the_built_in_faces(tmp_path, faces):
     assert before["spread_0"] < 0.2 and after["spread_0"] > 0.3, (before, after)
     for j in (1, 2):
         assert before[f"residual_{j}"] < 0.5, before
-        assert 1 / 1.5 < after[f"residual_{j}"] < 1.5, after
+        assert 0.7 < after[f"residual_{j}"] < 1.3, after  # measured 0.77 (16²), 0.85 (32²)
         # D_j tells real residuals from G_j's better than chance (log 4 = 1.386)
         assert last[f"loss/D{j}"] < 1.1, last
