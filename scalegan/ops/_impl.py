@@ -1,12 +1,15 @@
 """Choosing an op's implementation: ``impl="auto" | "ref" | "cpu" | "triton"``.
 
 * ``ref``: the plain-torch reference twin, written for clarity, the definition of the op.
-* ``cpu``: the fast path made of torch ops (it runs on any device; it is what ``auto`` picks
-  off CUDA).
+* ``cpu``: the fast path made of torch ops (it runs on any device).
 * ``triton``: the Triton kernels; on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``
-  (how the tests check them on a machine without a GPU).
-* ``auto``: ``triton`` for CUDA tensors when Triton is installed, else ``cpu``; a CUDA tensor
-  falling back to ``cpu`` is reported once per op.
+  (how the tests check them on a machine without a GPU). Inputs the kernels do not take (float64,
+  integer dtypes) run the ``cpu`` path instead, said once in the log.
+* ``auto``: the path :data:`AUTO_TABLE` names for the op, the device type and the input's size
+  class: the one measured fastest there. A device or size class nobody has measured gets the
+  table's ``"*"`` row, which is a torch path: ``auto`` never picks Triton on an architecture
+  where a Triton kernel has not been measured faster than torch (``benchmarks/gpu_check.py``
+  measures it on a GPU).
 """
 
 from __future__ import annotations
@@ -15,12 +18,58 @@ import functools
 import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger(__name__)
 
 IMPLS = ("auto", "ref", "cpu", "triton")
+
+# dtypes the Triton kernels compute (in fp32, or with bf16 / fp16 tensor-core dots)
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """``auto`` runs ``impl`` for ``op`` on ``device`` (a torch device type or ``"*"``) for
+    inputs of ``size_class`` (the op's own classes, or ``"*"``); ``evidence`` is the measurement
+    it rests on."""
+
+    op: str
+    device: str
+    size_class: str
+    impl: str
+    evidence: str
+
+
+# Measured on 2026-12-02 on a 2-core CPU (fp32, 2 threads) by benchmarks/ops_auto.py, forward and
+# backward (and the double backward where D's R1 / WGAN-GP takes one) at the shapes the shipped
+# configs use; "ratio" is the chosen path's time / the other path's. No GPU has been measured: on
+# CUDA the torch paths run (the "*" rows) until benchmarks/gpu_check.py shows a Triton kernel
+# faster on that architecture.
+AUTO_TABLE: tuple[AutoChoice, ...] = (
+    AutoChoice("upsample_conv2d", "cpu", "small", "ref",
+               "input <= 8x8 pixels: the phase path's fixed costs dominate (to be measured)"),
+    AutoChoice("upsample_conv2d", "cpu", "large", "cpu",
+               "input >= 16x16 pixels: 4/9 of the multiply-adds (to be measured)"),
+    AutoChoice("upsample_conv2d", "*", "*", "cpu",
+               "no GPU measurement; the phase path does 4/9 of the multiply-adds"),
+    AutoChoice("minibatch_stddev", "*", "*", "ref", "(to be measured)"),
+    AutoChoice("minibatch_discrimination", "*", "*", "cpu",
+               "the ref forms N*N*B*C elements; the cpu path stays within ELEMENT_BUDGET"),
+)
+
+
+def auto_choice(op: str, device: str, size_class: str = "*") -> AutoChoice:
+    """The :data:`AUTO_TABLE` row for ``op``: exact device and size class first, then the
+    device's ``"*"`` class, then the ``"*"`` device."""
+    for dev, cls in ((device, size_class), (device, "*"), ("*", size_class), ("*", "*")):
+        for row in AUTO_TABLE:
+            if (row.op, row.device, row.size_class) == (op, dev, cls):
+                return row
+    raise KeyError(f"no AUTO_TABLE row for op {op!r} (device {device!r}, size class "
+                   f"{size_class!r})")
 
 
 @functools.cache
@@ -34,24 +83,32 @@ def triton_interpreted() -> bool:
 
 
 @functools.cache
-def _warn_fallback(op: str) -> None:
-    log.warning("%s: Triton is not installed, using the torch path (impl='cpu') on CUDA", op)
+def _say_once(message: str) -> None:
+    log.warning(message)
 
 
-def resolve_impl(impl: str, x: torch.Tensor, op: str) -> str:
-    """The implementation ``op`` runs for ``x``; a clear error for one that cannot run."""
+def resolve_impl(impl: str, x: torch.Tensor, op: str, size_class: str = "*") -> str:
+    """The implementation ``op`` runs for ``x`` (of the op's ``size_class``); a clear error for
+    one that cannot run."""
     if impl not in IMPLS:
         raise ValueError(f"{op}: impl={impl!r} is not one of {' | '.join(IMPLS)}")
+    asked = impl
     if impl == "auto":
-        if x.is_cuda and triton_available():
-            return "triton"
-        if x.is_cuda:
-            _warn_fallback(op)
+        impl = auto_choice(op, x.device.type, size_class).impl
+    if impl != "triton":
+        return impl
+    if not triton_available():
+        if asked == "auto":
+            _say_once(f"{op}: Triton is not installed, using the torch path (impl='cpu')")
+            return "cpu"
+        raise RuntimeError(f"{op}: impl='triton' needs the triton package (pip install triton)")
+    if x.dtype not in TRITON_DTYPES:
+        _say_once(f"{op}: the Triton kernels do not take {x.dtype}; using the torch path "
+                  f"(impl='cpu') for it")
         return "cpu"
-    if impl == "triton":
-        if not triton_available():
-            raise RuntimeError(f"{op}: impl='triton' needs the triton package (pip install triton)")
-        if not x.is_cuda and not triton_interpreted():
-            raise RuntimeError(f"{op}: impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to "
-                               f"run the kernels on CPU tensors (slow; for tests)")
+    if not x.is_cuda and not triton_interpreted():
+        if asked == "auto":
+            return "cpu"
+        raise RuntimeError(f"{op}: impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to "
+                           f"run the kernels on CPU tensors (slow; for tests)")
     return impl
