@@ -61,6 +61,9 @@ class ModelConfig:
     (features appended); 0 disables it."""
     mbdisc_dim: int = 16
     """Minibatch discrimination: dimension C of each kernel's projection."""
+    mbdisc_across_ranks: bool = False
+    """Compare each sample with the batch of all data-parallel ranks (gathered) in minibatch
+    discrimination, so its statistic does not change with the number of ranks."""
     ops_impl: Literal["auto", "ref", "cpu", "triton"] = "auto"
     """Implementation of the fused ops (upsample+conv, minibatch stddev and discrimination):
     auto = Triton on CUDA, the torch fast path elsewhere; ref = the plain reference. Checkpoints

@@ -165,9 +165,10 @@ class MLPDiscriminator(nn.Module):
     ``mbdisc_kernels > 0``, ``self.mbdisc`` (a :class:`~scalegan.ops.MinibatchDiscrimination`
     layer with ``mbdisc_kernels`` kernels of ``mbdisc_dim`` values, run by ``ops_impl``) appends,
     for every sample, its similarity to the other samples of the batch: ``(N, hidden)`` ->
-    ``(N, hidden + mbdisc_kernels)``. Then ``self.out``, a linear layer to one logit. PyTorch's
-    default initialisation. Images (``in_shape=(C, R, R)``) are flattened: ``in_dim`` is then
-    ``C * R * R`` (the argument is ignored).
+    ``(N, hidden + mbdisc_kernels)``; with ``mbdisc_across_ranks`` the other samples are those of
+    every data-parallel rank (gathered), ``world * N - 1`` of them. Then ``self.out``, a linear
+    layer to one logit. PyTorch's default initialisation. Images (``in_shape=(C, R, R)``) are
+    flattened: ``in_dim`` is then ``C * R * R`` (the argument is ignored).
 
     The appended similarities are divided by ``N - 1``: the mean of ``exp(-||M_i - M_j||_1)``
     over the other samples, in [0, 1], instead of the layer's sum, in [0, N - 1]. The sum's scale
@@ -201,7 +202,7 @@ class MLPDiscriminator(nn.Module):
                  mbdisc_kernels: int = 0, mbdisc_dim: int = 16, ops_impl: str = "auto", *,
                  in_shape: tuple[int, int, int] | None = None, maxout: int = 0,
                  dropout: float = 0.0, num_classes: int = 0, cond_dim: int = 128,
-                 cond_d: str = "projection") -> None:
+                 cond_d: str = "projection", mbdisc_across_ranks: bool = False) -> None:
         super().__init__()
         who = "MLPDiscriminator"
         self.in_shape = _image_shape(in_shape, "in_shape", who)
@@ -238,7 +239,8 @@ class MLPDiscriminator(nn.Module):
                 modules += [nn.Linear(width, hidden), nn.LeakyReLU(LRELU_SLOPE)]
             width = hidden
         self.features = nn.Sequential(*modules)
-        self.mbdisc = (MinibatchDiscrimination(hidden, mbdisc_kernels, mbdisc_dim, impl=ops_impl)
+        self.mbdisc = (MinibatchDiscrimination(hidden, mbdisc_kernels, mbdisc_dim, impl=ops_impl,
+                                               across_ranks=mbdisc_across_ranks)
                        if mbdisc_kernels > 0 else None)
         self.out = nn.Linear(hidden + mbdisc_kernels, 1)
 
@@ -285,8 +287,9 @@ class MLPDiscriminator(nn.Module):
         h = phi
         if self.mbdisc is not None:
             h = self.mbdisc(h)  # (N, hidden + mbdisc_kernels)
-            # The layer's similarities are sums over the N - 1 other samples: make them means.
-            n_other = max(1, x.shape[0] - 1)
+            # The layer's similarities are sums over the other samples (N - 1, or those of every
+            # rank with mbdisc_across_ranks): make them means.
+            n_other = max(1, self.mbdisc.num_others(x.shape[0]))
             h = torch.cat([h[:, :self.hidden], h[:, self.hidden:] / n_other], dim=1)
         logits = self.out(h).squeeze(1)  # (N,)
         if self.cond_d == "projection":

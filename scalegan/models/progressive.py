@@ -291,7 +291,8 @@ class _DFinalBlock(nn.Module):
         self.conv = EqualizedConv2d(channels + extra, channels, 3)
         self.dense0 = EqualizedLinear(channels * 16, channels)
         self.mbdisc = (MinibatchDiscrimination(channels, cfg.mbdisc_kernels, cfg.mbdisc_dim,
-                                               impl=cfg.ops_impl)
+                                               impl=cfg.ops_impl,
+                                               across_ranks=cfg.mbdisc_across_ranks)
                        if cfg.mbdisc_kernels else None)
         self.dense1 = EqualizedLinear(channels + cfg.mbdisc_kernels, 1, gain=1.0)
         self.act = nn.LeakyReLU(LRELU_SLOPE)

@@ -56,7 +56,7 @@ from scalegan.train.schedule import Phase
 
 log = logging.getLogger(__name__)
 
-RESUME_IGNORES = ("ops_impl", "mbstd_across_ranks")
+RESUME_IGNORES = ("ops_impl", "mbstd_across_ranks", "mbdisc_across_ranks")
 """model.* keys a run may change when it resumes: they change no tensor and no result."""
 
 
