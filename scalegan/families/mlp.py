@@ -36,7 +36,8 @@ class MLP(PointsOrImages):
                          out_shape=shape, **cond)
         D = MLPDiscriminator(in_dim=2, hidden=mc.mlp_hidden, layers=mc.mlp_layers,
                              mbdisc_kernels=mc.mbdisc_kernels, mbdisc_dim=mc.mbdisc_dim,
-                             mbdisc_across_ranks=mc.mbdisc_across_ranks, ops_impl=mc.ops_impl, in_shape=shape, maxout=mc.mlp_maxout,
+                             mbdisc_across_ranks=mc.mbdisc_across_ranks, ops_impl=mc.ops_impl,
+                             in_shape=shape, maxout=mc.mlp_maxout,
                              dropout=mc.mlp_dropout, cond_d=mc.cond_d, **cond)
         return {"G": G, "D": D}
 

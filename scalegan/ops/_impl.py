@@ -50,14 +50,26 @@ class AutoChoice:
 # faster on that architecture.
 AUTO_TABLE: tuple[AutoChoice, ...] = (
     AutoChoice("upsample_conv2d", "cpu", "small", "ref",
-               "input <= 8x8 pixels: the phase path's fixed costs dominate (to be measured)"),
+               "2026-12-02, benchmarks/ops_auto.py, the 11 config shapes of this class (4x4 "
+               "inputs; N*H*W < 512; 8x8 with C_in*C_out < 64^2, see size_class): ratio "
+               "0.33-0.82"),
     AutoChoice("upsample_conv2d", "cpu", "large", "cpu",
-               "input >= 16x16 pixels: 4/9 of the multiply-adds (to be measured)"),
+               "2026-12-02, benchmarks/ops_auto.py, the 21 other config shapes (8x8 at N=16 and "
+               "64 channels up to 512x512 inputs): ratio 0.33-0.76"),
     AutoChoice("upsample_conv2d", "*", "*", "cpu",
                "no GPU measurement; the phase path does 4/9 of the multiply-adds"),
-    AutoChoice("minibatch_stddev", "*", "*", "ref", "(to be measured)"),
+    AutoChoice("minibatch_stddev", "cpu", "*", "cpu",
+               "benchmarks/minibatch_stddev.py (1 thread, N 4-32 x C 16-2560 x 4x4, G=4): ref / "
+               "cpu 1.09-1.72x forward+backward, 1.15-1.83x with R1's double backward; forward "
+               "(no grad) ~1.0x at C <= 64 (the reference's ops, in place), 1.2-1.4x above"),
+    AutoChoice("minibatch_stddev", "*", "*", "cpu",
+               "no GPU measurement; its backward is 2 elementwise ops on saved deviations and its "
+               "double backward one analytic formula, where the ref replays autograd's chain"),
     AutoChoice("minibatch_discrimination", "*", "*", "cpu",
-               "the ref forms N*N*B*C elements; the cpu path stays within ELEMENT_BUDGET"),
+               "2026-12-02, benchmarks/ops_auto.py, grid25_mlp's N=128 A=128 B=8 C=4 (the only "
+               "config with it): ratio 1.05-1.09 in the full table, 0.67-0.79 timed alone "
+               "(--repeats 21): a tie; kept because the ref forms N*N*B*C elements (its double "
+               "backward's graph too) where the cpu path stays within ELEMENT_BUDGET"),
 )
 
 
