@@ -66,8 +66,10 @@ class ModelConfig:
     discrimination, so its statistic does not change with the number of ranks."""
     ops_impl: Literal["auto", "ref", "cpu", "triton"] = "auto"
     """Implementation of the fused ops (upsample+conv, minibatch stddev and discrimination):
-    auto = Triton on CUDA, the torch fast path elsewhere; ref = the plain reference. Checkpoints
-    are the same whichever trained them."""
+    auto = the path measured fastest for the op, device and input size
+    (scalegan.ops._impl.AUTO_TABLE; torch paths wherever no Triton kernel has been measured
+    faster); ref = the plain reference; cpu = the fast torch path; triton = the kernels.
+    Checkpoints are the same whichever trained them."""
     base_resolution: int = 64
     """StackGAN: image side of the first stage (64 as published); the model has
     log2(resolution / base_resolution) + 1 stages: 3 at 256^2, 5 at 1024^2."""

@@ -15,8 +15,10 @@ upsampled input never exists. The four phase kernels are stacked into one convol
 Implementations (``impl``, see ``scalegan.ops._impl``): ``ref`` the definition above; ``cpu`` the
 phase decomposition in torch ops with its own backward, in channels_last layout (same 4/9 saving,
 no zero-filled gradient copies; its output is channels_last, see :class:`_UpsampleConv2d`);
-``triton`` a fused kernel (phases, bias, activation, gain in one pass) whose backward is the
-``cpu`` backward.
+``triton`` Triton kernels (``scalegan.kernels.upsample_conv2d``): the forward computes both column
+phases of a row phase per program (bias, activation, gain in its epilogue) and stores interleaved,
+contiguous output rows; the input gradient (the transposed phase convolution) and the weight and
+bias gradients (a reduction over pixels) are Triton kernels too.
 """
 
 from __future__ import annotations
