@@ -52,6 +52,16 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _row_tile(N, BLOCK_I: tl.constexpr):
+    """This program's kernel ``b`` (int64: ``b * C * N`` may pass 2^31) and its ``BLOCK_I`` rows
+    i (offsets and mask): axis 0 enumerates (b, row tile), row tiles fastest."""
+    pid = tl.program_id(0)
+    tiles_i = tl.cdiv(N, BLOCK_I)
+    offs_i = (pid % tiles_i) * BLOCK_I + tl.arange(0, BLOCK_I)
+    return (pid // tiles_i).to(tl.int64), offs_i, offs_i < N
+
+
+@triton.jit
 def _l1_distances(m_b, offs_i, mask_i, offs_j, mask_j, N, C,
                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     """``D_ij = sum_c |M_ic - M_jc|`` ``(BLOCK_I, BLOCK_J)`` from the ``(C, N)`` slab ``m_b``."""
@@ -85,11 +95,7 @@ def _add_signed_sums(m_b, out_b, w, offs_i, mask_i, offs_j, mask_j, N, C):
 @triton.jit
 def _mbd_fwd_kernel(mt_ptr, o_ptr, N, C, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     """``o`` ``(B, N)`` from ``M`` ``(B, C, N)``."""
-    pid = tl.program_id(0)
-    tiles_i = tl.cdiv(N, BLOCK_I)
-    b = (pid // tiles_i).to(tl.int64)
-    offs_i = (pid % tiles_i) * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < N
+    b, offs_i, mask_i = _row_tile(N, BLOCK_I)
     m_b = mt_ptr + b * C * N
     acc = tl.zeros((BLOCK_I,), dtype=tl.float32)
     for j0 in range(0, N, BLOCK_J):
@@ -104,11 +110,7 @@ def _mbd_fwd_kernel(mt_ptr, o_ptr, N, C, BLOCK_I: tl.constexpr, BLOCK_J: tl.cons
 @triton.jit
 def _mbd_bwd_kernel(mt_ptr, g_ptr, dm_ptr, N, C, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     """``dM`` ``(B, C, N)`` (zero on entry) from ``M`` ``(B, C, N)`` and ``g`` ``(B, N)``."""
-    pid = tl.program_id(0)
-    tiles_i = tl.cdiv(N, BLOCK_I)
-    b = (pid // tiles_i).to(tl.int64)
-    offs_i = (pid % tiles_i) * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < N
+    b, offs_i, mask_i = _row_tile(N, BLOCK_I)
     m_b = mt_ptr + b * C * N
     dm_b = dm_ptr + b * C * N
     gi = tl.load(g_ptr + b * N + offs_i, mask=mask_i, other=0.0)
@@ -128,11 +130,7 @@ def _mbd_bwd_bwd_kernel(mt_ptr, g_ptr, ht_ptr, dg_ptr, dm2_ptr, N, C,
                         BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     """``dg`` ``(B, N)`` and ``dM2`` ``(B, C, N)`` (zero on entry) from ``M``, ``h``
     ``(B, C, N)`` and ``g`` ``(B, N)``."""
-    pid = tl.program_id(0)
-    tiles_i = tl.cdiv(N, BLOCK_I)
-    b = (pid // tiles_i).to(tl.int64)
-    offs_i = (pid % tiles_i) * BLOCK_I + tl.arange(0, BLOCK_I)
-    mask_i = offs_i < N
+    b, offs_i, mask_i = _row_tile(N, BLOCK_I)
     m_b = mt_ptr + b * C * N
     h_b = ht_ptr + b * C * N
     dm2_b = dm2_ptr + b * C * N
