@@ -192,9 +192,19 @@ class DataConfig:
     allow_unindexed: bool = False
     """Accept a data.shards directory of tar files without the index.json `scalegan pack`
     writes last (otherwise refused: it may hold an interrupted pack, or several mixed)."""
+    retries: int = 5
+    """Times a shard (or an index.json given as a URL) is re-opened after its reading fails
+    midway (connection dropped, HTTP error status, a pipe: command exiting non-zero); reading
+    continues after the last sample delivered. A shard still failing then is skipped for the
+    epoch, with an error in the log."""
+    retry_backoff: float = 1.0
+    """Seconds waited before the first retry of a shard; doubled before each further one, up to
+    60 s."""
 
     def __post_init__(self) -> None:
         _check(self.source in ("shards", "points"), "data.source", self.source, "shards | points")
+        _check(self.retries >= 0, "data.retries", self.retries, ">= 0")
+        _check(self.retry_backoff >= 0, "data.retry_backoff", self.retry_backoff, ">= 0")
         _check(self.max_skip >= 1, "data.max_skip", self.max_skip, ">= 1")
         _check(self.points in ("ring8", "grid25"), "data.points", self.points, "ring8 | grid25")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
