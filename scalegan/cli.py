@@ -24,13 +24,22 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     from scalegan.data.pack import PackError, pack_folder
 
+    if args.jpeg_quality is not None and args.encoding != "jpeg":
+        return _fail(f"--jpeg-quality {args.jpeg_quality} applies to --encoding jpeg only "
+                     f"(got --encoding {args.encoding or 'auto'})")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    given = {"min_resolution": args.min_resolution, "encoding": args.encoding,
+             "jpeg_quality": args.jpeg_quality, "workers": args.workers}
+    # built-in sets keep their own defaults (one process) unless an option is given
+    options = {k: v for k, v in given.items() if v is not None}
     try:
         from scalegan.data.demo import DEMO_SETS
 
         if args.src in DEMO_SETS:
             fn, default = DEMO_SETS[args.src]
             summaries = fn(args.out, resolution=args.resolution or default,
-                           **({} if args.shard_size is None else {"shard_size": args.shard_size}))
+                           **({} if args.shard_size is None else {"shard_size": args.shard_size}),
+                           progress=progress, **options)
             for part, summary in summaries.items():
                 print(f"{part}: {summary.to_text()}")
             return 0
@@ -38,13 +47,15 @@ def cmd_pack(args: argparse.Namespace) -> int:
             from scalegan.data.demo import pack_demo
 
             summary = pack_demo(args.out, resolution=args.resolution or 32,
-                                shard_size=25 if args.shard_size is None else args.shard_size)
+                                shard_size=25 if args.shard_size is None else args.shard_size,
+                                progress=progress, **options)
         else:
             if args.resolution is None:
                 return _fail("--resolution is required (e.g. --resolution 256)")
             summary = pack_folder(args.src, args.out, args.resolution,
                                   shard_size=1000 if args.shard_size is None else args.shard_size,
-                                  fit=args.fit, labels=args.labels)
+                                  fit=args.fit, labels=args.labels, progress=progress,
+                                  **options)
     except PackError as e:
         return _fail(str(e))
     print(summary.to_text())
@@ -253,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None,
                    help="'dirs' (class = top-level folder under SRC) or a JSON file mapping each "
                         "image's relative path to a class id or a list of numbers")
+    p.add_argument("--min-resolution", type=int, default=None,
+                   help="smallest stored level: every halving from --resolution down to this is "
+                        "stored too, in OUT/rR/ (power of two >= 4; default 8; equal to "
+                        "--resolution: the packed resolution only)")
+    p.add_argument("--encoding", choices=("auto", "png", "rgb", "jpeg"), default=None,
+                   help="image encoding of every level: raw rgb, png, jpeg (lossy), or auto "
+                        "(default: rgb up to 256, png above)")
+    p.add_argument("--jpeg-quality", type=int, default=None, help="--encoding jpeg: 1-100 (95)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that read and encode the images (default: one per CPU core; "
+                        "the shards are the same for any number)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("train", help="train a GAN from a YAML config and key.sub=value overrides")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,18 @@ def demo_faces() -> np.ndarray:
     return np.rint(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def pack_demo(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25) -> PackSummary:
-    """Pack :func:`demo_faces` into WebDataset shards in ``out`` (sources ``lfw_subset/000``...)."""
+def pack_demo(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25,
+              **options: Any) -> PackSummary:
+    """Pack :func:`demo_faces` into WebDataset shards in ``out`` (sources ``lfw_subset/000``...).
+
+    ``options``: :func:`~scalegan.data.pack.pack_arrays`'s keywords for the stored levels and
+    how to run (``min_resolution``, ``encoding``, ``jpeg_quality``, ``workers``, ``progress``),
+    as for every demo set here.
+    """
     faces = demo_faces()
     names = [f"lfw_subset/{i:03d}" for i in range(len(faces))]
-    return pack_arrays(list(faces), out, resolution, shard_size=shard_size, names=names)
+    return pack_arrays(list(faces), out, resolution, shard_size=shard_size, names=names,
+                       **options)
 
 
 # -------------------------------------------------------------- built-in splits with held-out sets
@@ -50,19 +58,20 @@ HOLDOUT = 10
 """Faces held out of training by the split demo sets (the last ones)."""
 
 
-def pack_demo_split(out: str | os.PathLike, resolution: int = 32,
-                    shard_size: int = 25) -> dict[str, PackSummary]:
+def pack_demo_split(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25,
+                    **options: Any) -> dict[str, PackSummary]:
     """The demo faces as ``out/train`` (the first 90) and ``out/holdout`` (the last 10): a
     held-out set for families judged on their inputs (super-resolution)."""
     faces, out = demo_faces(), Path(out)
     cut = NUM_FACES - HOLDOUT
     return {part: pack_arrays(list(faces[sl]), out / part, resolution, shard_size=shard_size,
-                              names=[f"lfw_subset/{i:03d}" for i in range(NUM_FACES)[sl]])
+                              names=[f"lfw_subset/{i:03d}" for i in range(NUM_FACES)[sl]],
+                              **options)
             for part, sl in (("train", slice(0, cut)), ("holdout", slice(cut, None)))}
 
 
-def pack_demo_domains(out: str | os.PathLike, resolution: int = 32,
-                      shard_size: int = 25) -> dict[str, PackSummary]:
+def pack_demo_domains(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25,
+                      **options: Any) -> dict[str, PackSummary]:
     """Two unpaired image domains from the demo faces, for translation models: ``out/a`` holds
     faces 0-39 as photographed, ``out/b`` the photographic negatives (255 - v) of the other
     faces 40-79, and ``out/a_holdout``, ``out/b_holdout`` the same of faces 80-89 and 90-99. No
@@ -76,12 +85,12 @@ def pack_demo_domains(out: str | os.PathLike, resolution: int = 32,
         names = [f"lfw_subset/{i:03d}{'-negative' if negative else ''}"
                  for i in range(NUM_FACES)[sl]]
         summaries[part] = pack_arrays(images, out / part, resolution, shard_size=shard_size,
-                                      names=names)
+                                      names=names, **options)
     return summaries
 
 
-def pack_demo_digits(out: str | os.PathLike, resolution: int = 8,
-                     shard_size: int = 500) -> dict[str, PackSummary]:
+def pack_demo_digits(out: str | os.PathLike, resolution: int = 8, shard_size: int = 500,
+                     **options: Any) -> dict[str, PackSummary]:
     """scikit-learn's 1797 8x8 digits as ``out/train`` (a stratified 75%) and ``out/holdout``
     (25%, ``digit_split``), each sample with its digit as its ``label`` (classes "0" .. "9"):
     small images for autoencoders and class-conditional models."""
@@ -91,7 +100,7 @@ def pack_demo_digits(out: str | os.PathLike, resolution: int = 8,
     out = Path(out)
     return {part: pack_arrays(list(images[idx]), out / part, resolution, shard_size=shard_size,
                               names=[f"digits/{i:04d}" for i in idx], labels=labels[idx],
-                              classes=[str(d) for d in range(10)])
+                              classes=[str(d) for d in range(10)], **options)
             for part, idx in zip(("train", "holdout"), digit_split(), strict=True)}
 
 

@@ -48,12 +48,28 @@ def gradient_rgb(seed: int, size=(12, 8)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def decode_member(sample: dict, resolution: int) -> np.ndarray:
+    """A raw tar sample's one image member (png, jpg or raw rgb bytes) as (R, R, 3) uint8."""
+    members = [m for m in ("png", "jpg", "rgb") if m in sample]
+    assert len(members) == 1, sorted(sample)
+    data = sample[members[0]]
+    if members[0] == "rgb":
+        assert len(data) == 3 * resolution * resolution
+        return np.frombuffer(data, np.uint8).reshape(resolution, resolution, 3)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "RGB" and img.size == (resolution, resolution)
+        return np.asarray(img)
+
+
 def read_shards(out: Path) -> list[dict]:
+    """The top level's samples: ``__key__``, ``json`` (parsed) and ``image`` (R, R, 3) uint8."""
     import webdataset as wds
 
     index = json.loads((out / "index.json").read_text())
     urls = [str(out / s["name"]) for s in index["shards"]]
-    return list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+    return [{"__key__": s["__key__"], "json": json.loads(s["json"]),
+             "image": decode_member(s, index["resolution"])}
+            for s in wds.WebDataset(urls, shardshuffle=False)]
 
 
 def hash_tree(root: Path) -> dict[str, str]:
@@ -66,14 +82,18 @@ def hash_tree(root: Path) -> dict[str, str]:
 
 
 def check_complete(out: Path, num_samples: int) -> dict:
-    """index.json matches the shards in ``out`` (names, counts, sha256); nothing else is there."""
+    """index.json matches the shards of every level in ``out`` (names, counts, sha256); nothing
+    else is there."""
     index = json.loads((out / "index.json").read_text())
     assert index["num_samples"] == num_samples
-    assert sum(s["count"] for s in index["shards"]) == num_samples
-    for shard in index["shards"]:
-        assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["index.json"] + [s["name"] for s in index["shards"]])
+    assert index["levels"][0]["shards"] == index["shards"]
+    for level in index["levels"]:
+        assert sum(s["count"] for s in level["shards"]) == num_samples
+        for shard in level["shards"]:
+            data = (out / shard["name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert names == {"index.json"} | {s["name"] for lv in index["levels"] for s in lv["shards"]}
     return index
 
 
@@ -180,7 +200,7 @@ def test_exif_orientation_applied(tmp_path):
     img.save(src, exif=exif)
     summary = pack_folder(src.parent, tmp_path / "out", 8)
     assert summary.num_samples == 1
-    got = read_shards(tmp_path / "out")[0]["png"]
+    got = read_shards(tmp_path / "out")[0]["image"]
     assert tuple(got[4, 1]) == BLUE and tuple(got[4, 6]) == RED
 
 
@@ -314,8 +334,8 @@ def test_shard_split_index_and_readback(tmp_path):
     assert [s["json"]["source"] for s in samples] == rels
     for rel, sample in zip(rels, samples, strict=True):
         expected = np.asarray(to_square_rgb(Image.open(src / rel), 8))
-        assert sample["png"].shape == (8, 8, 3) and sample["png"].dtype == np.uint8
-        np.testing.assert_array_equal(sample["png"], expected)
+        assert sample["image"].shape == (8, 8, 3) and sample["image"].dtype == np.uint8
+        np.testing.assert_array_equal(sample["image"], expected)
 
 
 def test_rerun_is_byte_identical(tmp_path, monkeypatch):
@@ -413,10 +433,10 @@ def test_pack_arrays_dtypes_and_channels(tmp_path):
     assert summary.num_samples == 4
     samples = read_shards(tmp_path / "out")
     assert [s["json"]["source"] for s in samples] == list("abcd")
-    assert (samples[0]["png"] == 50).all()
-    assert (samples[1]["png"] == 255).all()
-    assert (np.abs(samples[2]["png"].astype(int) - 128) <= 1).all()
-    assert (samples[3]["png"] == 255).all()
+    assert (samples[0]["image"] == 50).all()
+    assert (samples[1]["image"] == 255).all()
+    assert (np.abs(samples[2]["image"].astype(int) - 128) <= 1).all()
+    assert (samples[3]["image"] == 255).all()
 
 
 @pytest.mark.parametrize(
@@ -464,7 +484,7 @@ def test_pack_demo(tmp_path):
     assert summary.num_samples == 100 and summary.resolution == 32
     assert [s["count"] for s in summary.shards] == [25, 25, 25, 25]
     samples = read_shards(tmp_path / "demo")
-    assert len(samples) == 100 and samples[0]["png"].shape == (32, 32, 3)
+    assert len(samples) == 100 and samples[0]["image"].shape == (32, 32, 3)
     assert samples[7]["json"]["source"] == "lfw_subset/007"
 
 
@@ -488,7 +508,7 @@ def _two_class_folder(tmp_path: Path) -> Path:
 def test_labels_from_class_folders(tmp_path):
     src = _two_class_folder(tmp_path)
     pack_folder(src, tmp_path / "out", 8, labels="dirs")
-    metas = [s["json"] for s in read_shards(tmp_path / "out")]  # decoded by webdataset
+    metas = [s["json"] for s in read_shards(tmp_path / "out")]
     assert [(m["source"], m["label"]) for m in metas] == [
         ("cats/1.png", 0), ("cats/2.png", 0), ("dogs/3.png", 1)]
     assert json.loads((tmp_path / "out" / "index.json").read_text())["classes"] == ["cats", "dogs"]
@@ -577,17 +597,17 @@ def test_repack_failing_midway_leaves_old_pack_byte_identical(tmp_path, monkeypa
     out = tmp_path / "out"
     pack_folder(src, out, 8, shard_size=2)  # 4 shards + index.json
     before = hash_tree(out)
-    real_png, calls = pack._png_bytes, []
+    real_encode, calls = pack._encode_levels, []
 
-    def failing_png(img):
+    def failing_encode(full, levels):
         calls.append(1)
         if len(calls) > 3:  # two shards of 1 are finished, the third is half-written
             raise error
-        return real_png(img)
+        return real_encode(full, levels)
 
-    monkeypatch.setattr(pack, "_png_bytes", failing_png)
+    monkeypatch.setattr(pack, "_encode_levels", failing_encode)
     with pytest.raises(type(error)):
-        pack_folder(src, out, 4, shard_size=1, fit="pad")
+        pack_folder(src, out, 4, shard_size=1, fit="pad", workers=1)
     assert len(calls) == 4
     assert hash_tree(out) == before
     check_complete(out, 7)
@@ -607,12 +627,12 @@ def test_sigkill_midway_leaves_old_pack_and_next_pack_clears_the_leftover(tmp_pa
     script = (
         "import sys, time\n"
         "import scalegan.data.pack as pack\n"
-        "encode = pack._png_bytes\n"
-        "def slow(img):\n"
+        "encode = pack._encode_levels\n"
+        "def slow(full, levels):\n"
         "    time.sleep(0.005)\n"
-        "    return encode(img)\n"
-        "pack._png_bytes = slow\n"
-        "pack.pack_folder(sys.argv[1], sys.argv[2], 8, shard_size=10)\n"
+        "    return encode(full, levels)\n"
+        "pack._encode_levels = slow\n"
+        "pack.pack_folder(sys.argv[1], sys.argv[2], 8, shard_size=10, workers=1)\n"
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -677,7 +697,7 @@ def test_foreign_entries_in_out_are_refused_before_reading(tmp_path, monkeypatch
     real_load, loads = pack._load_image, []
     monkeypatch.setattr(pack, "_load_image", lambda *a: loads.append(a) or real_load(*a))
     with pytest.raises(PackError, match=rf"{name}.*written by scalegan pack .*or empty"):
-        pack_folder(src, out, 8)
+        pack_folder(src, out, 8, workers=1)  # one process: the spy sees every read
     assert loads == []  # refused before any image was read
     assert hash_tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
@@ -752,7 +772,7 @@ def test_repack_without_rename_exchange_falls_back_to_renames(tmp_path, monkeypa
     monkeypatch.setattr(pack, "_exchange", unsupported)
     pack_arrays([np.full((4, 4), 200, np.uint8)] * 5, out, 4, shard_size=2)
     check_complete(out, 5)
-    assert all((s["png"] == 200).all() for s in read_shards(out))
+    assert all((s["image"] == 200).all() for s in read_shards(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -795,7 +815,8 @@ def test_non_utf8_file_name_is_packed_with_escaped_source(tmp_path, monkeypatch,
     samples = read_shards(out)
     assert [(s["json"]["source"], s["json"]["label"]) for s in samples] == [
         ("bad\\xff.png", 1), ("good.png", 0)]
-    np.testing.assert_array_equal(samples[0]["png"], np.asarray(to_square_rgb(gradient_rgb(2), 8)))
+    np.testing.assert_array_equal(samples[0]["image"],
+                                  np.asarray(to_square_rgb(gradient_rgb(2), 8)))
     assert [s["path"] for s in summary.skipped] == ["worse\\xfe.png"]
     index = check_complete(out, 2)
     assert [s["path"] for s in index["skipped"]] == ["worse\\xfe.png"]
