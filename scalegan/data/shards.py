@@ -38,6 +38,7 @@ import re
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -258,13 +259,22 @@ class _Source:
         self.close()
 
 
+def _log_stderr(url: str, stream) -> None:
+    with stream:
+        for line in stream:
+            log.warning("%s: %s", url, line.decode(errors="replace").rstrip())
+
+
 def _open(url: str, offset: int, timeout: float) -> _Source:
     """Open ``url`` at byte ``offset`` if the source can seek there (local files; http(s) servers
     that honour Range), else at byte 0; the returned source says which."""
     if url.startswith("pipe:"):
+        # The command's stderr comes back through a pipe and is logged: a command orphaned
+        # when its reader is killed then holds none of the training process's files open.
         process = subprocess.Popen(url[len("pipe:"):], shell=True, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, bufsize=BUFFER_SIZE,
-                                   start_new_session=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   bufsize=BUFFER_SIZE, start_new_session=True)
+        threading.Thread(target=_log_stderr, args=(url, process.stderr), daemon=True).start()
         return _Source(process.stdout, 0, process=process)
     if _is_http(url):
         headers = {"Range": f"bytes={offset}-"} if offset else {}

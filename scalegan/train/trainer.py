@@ -16,6 +16,7 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from scalegan.config import Config, config_to_dict, model_config_class, save_config
-from scalegan.data.pipeline import DataError, ImageStream, check_pack, expand_shards
+from scalegan.data.pipeline import DataError, ImageStream, check_pack, open_shards
 from scalegan.data.points import PointStream
 from scalegan.families import PhaseSpec, build_family
 from scalegan.metrics.evaluate import RealSet, evaluate, extractor_for, headline, lower_is_better
@@ -237,15 +238,17 @@ class Trainer:
                 stream = PointStream(spec.points, self.micro_batch, seed=tc.seed + i,
                                      rank=self.rank, world=self.world)
             else:
-                urls = expand_shards(spec.shards, key=spec.key,
-                                     allow_unindexed=dc.allow_unindexed)
+                shards = open_shards(spec.shards, key=spec.key,
+                                     allow_unindexed=dc.allow_unindexed, retries=dc.retries,
+                                     backoff=dc.retry_backoff)
                 check_pack(spec.shards, mc.resolution, img_channels=mc.img_channels,
                            key=spec.key, **spec.check)
-                stream = ImageStream(urls, self.micro_batch, self.phase().resolution,
+                stream = ImageStream(shards, self.micro_batch, self.phase().resolution,
                                      seed=tc.seed + i, num_workers=dc.num_workers,
                                      shuffle_buffer=dc.shuffle_buffer, xflip=dc.xflip,
                                      label_key=spec.label_key, pyramid=spec.pyramid,
-                                     max_skip=dc.max_skip)
+                                     max_skip=dc.max_skip, retries=dc.retries,
+                                     backoff=dc.retry_backoff, device=self.device)
             self.streams[name] = stream
         return next(iter(self.streams.values()))
 
@@ -669,7 +672,10 @@ class Trainer:
                 "phase": vars(self.phase()), "world_size": self.world,
                 "format": self.strategy.checkpoint_format, "finite": True,
                 "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
-        rank_state = {"data": self._data_state() if self.streams else None,
+        # every rank's data position, in every rank's file: the run can continue at any world size
+        data = ({name: {"ranks": all_gather_json(state)} for name, state in
+                 self._data_state().items()} if self.streams else None)
+        rank_state = {"data": data,
                       "weights_crc32": self._weights_crc32()}
         path = self.ckpt.save(self.step, self.app_state(), meta, rank_state,
                               self.strategy.save_extra)
@@ -705,10 +711,14 @@ class Trainer:
                 continue
             self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
             self.rng.set_state(_decode_rng(meta["rng"]))
-            if rank_state is not None and rank_state.get("data") is not None:
+            data = (rank_state or {}).get("data")
+            if data is None and (path / "rank_00000.json").is_file():
+                # a rank the saved run did not have: every rank's file holds every position
+                data = json.loads((path / "rank_00000.json").read_text()).get("data")
+            if data is not None:
                 if not self.streams:
                     self._open_data()
-                self._load_data_state(rank_state["data"])
+                self._load_data_state(data)
             if self.is_main:
                 log.info("resumed from %s at %.1f kimg (step %d)", path,
                          self.images_seen / 1000, self.step)
