@@ -559,19 +559,21 @@ class Trainer:
         out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
                for k in keys}
         skipped = float(sum(stream.skipped for stream in self.streams.values()))
+        failed = float(sum(getattr(s, "failed_shards", 0) for s in self.streams.values()))
         memory = [0.0] * self.world  # peak memory per rank, each rank fills its own slot
         memory[self.rank] = self._peak_memory_gib()
         if self.env.distributed:
-            values = torch.tensor([*out.values(), skipped, *memory], dtype=torch.float64)
+            values = torch.tensor([*out.values(), skipped, failed, *memory], dtype=torch.float64)
             dist.all_reduce(values)  # gloo and nccl both sum; the losses are then divided
             out = {k: v / self.world for k, v in zip(out, values[:len(out)].tolist(),
                                                        strict=True)}
-            skipped = values[len(out)].item()
-            memory = values[len(out) + 1:].tolist()
+            skipped, failed = values[len(out)].item(), values[len(out) + 1].item()
+            memory = values[len(out) + 2:].tolist()
         out.update({f"memory/rank{r}_gib": m for r, m in enumerate(memory)})
         out.update(kimg=self.images_seen / 1000, images_seen=self.images_seen,
                    images_per_s=images_per_s, resolution=window[-1]["resolution"],
                    alpha=window[-1]["alpha"], data_skipped=int(skipped),
+                   data_failed_shards=int(failed),
                    nonfinite_steps=int(sum(r.get("nonfinite", 0.0) for r in window)))
         return out
 

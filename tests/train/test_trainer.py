@@ -38,10 +38,24 @@ def losses_per_step(run_dir: Path) -> list[tuple]:
             for r in rows]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_gives_identical_losses(tmp_path, num_workers):
+def _multi_resolution_pack(tmp_path: Path) -> Path:
+    """24 random images at 16x16 stored at 16, 8 and 4 (`scalegan pack`'s levels)."""
+    import numpy as np
+
+    from scalegan.data.pack import pack_arrays
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(24)]
+    pack_arrays(images, tmp_path / "levels", 16, shard_size=6, min_resolution=4)
+    return tmp_path / "levels"
+
+
+@pytest.mark.parametrize("num_workers,pack", [(0, "single"), (2, "single"), (2, "levels")])
+def test_resume_gives_identical_losses(tmp_path, num_workers, pack):
     k = 6  # the stop falls inside the 8 -> 16 fade-in, between two R1 steps
     extra = [f"data.num_workers={num_workers}"]
+    if pack == "levels":  # the 8x8 phase reads the 8x8 level, the fade-in the 16x16 one
+        extra.append(f"data.shards={_multi_resolution_pack(tmp_path)}")
     straight = Trainer(load_config(None, tiny_overrides(tmp_path, "straight") + extra))
     straight.train(max_steps=2 * k)
     straight.close()
