@@ -622,9 +622,19 @@ class _RoleStream(IterableDataset):
                 f"has no usable images there; check or re-pack it")
 
 
+SHARED_BATCH_BYTES = 1 << 20
+"""From this size on a worker's batch is built in shared memory and only its handle crosses to
+the training process; a smaller one is sent as bytes, which costs less than mapping a segment."""
+
+
+def _batch_bytes(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape))
+
+
 class _BatchBuilder:
-    """Decodes samples straight into one (B, R, R, 3) uint8 batch (in shared memory when it goes
-    to the training process from a worker), mirrored where the sample's coin says so."""
+    """Decodes samples straight into one (B, R, R, 3) uint8 batch (in shared memory when it is
+    large and goes to the training process from a worker), mirrored where the sample's coin says
+    so."""
 
     def __init__(self, role_stream: _RoleStream, role: int):
         self.rs, self.role = role_stream, role
@@ -632,9 +642,12 @@ class _BatchBuilder:
 
     def _new(self) -> None:
         rs = self.rs
-        images = torch.empty((rs.batch_size, rs.resolution, rs.resolution, 3), dtype=torch.uint8)
-        self.images = images.share_memory_() if rs.shared else images
-        self.array = self.images.numpy()
+        shape = (rs.batch_size, rs.resolution, rs.resolution, 3)
+        if rs.shared and _batch_bytes(shape) >= SHARED_BATCH_BYTES:
+            self.images = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            self.array = self.images.numpy()
+        else:
+            self.array = self.images = np.empty(shape, dtype=np.uint8)
         self.n, self.keys, self.epochs, self.labels = 0, [], [], []
 
     @property
@@ -670,6 +683,10 @@ class _BatchBuilder:
                                 f"lengths: {sorted({len(v) for v in self.labels})}") from None
         self._new()
         return out
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 def _init_worker(worker_id: int) -> None:
@@ -775,10 +792,14 @@ class ImageStream:
     def _start(self) -> None:
         level = self.shards.level_for(self.resolution)
         dataset = _RoleStream(self, list(level.urls))
+        # small batches: more of them in flight, so that no worker waits on the hand-over
+        shape = (self.batch_size, self.resolution, self.resolution, 3)
+        prefetch = 2 if _batch_bytes(shape) >= SHARED_BATCH_BYTES else 8
         loader = DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers,
             worker_init_fn=_init_worker if self.num_workers else None,
-            prefetch_factor=2 if self.num_workers else None,
+            collate_fn=_as_is,  # the batches are built already
+            prefetch_factor=prefetch if self.num_workers else None,
             pin_memory=self.device.type == "cuda",
         )
         with blocked():  # no worker can die of a stop signal before it ignores them
@@ -798,6 +819,8 @@ class ImageStream:
             assert role == self.batches % self.num_roles, "DataLoader broke round-robin order"
         self.roles[role] = RolePosition.from_json(batch["position"])
         self.batches += 1
+        if isinstance(batch["images"], np.ndarray):
+            batch["images"] = torch.from_numpy(batch["images"])
         return batch
 
     def next_batch(self) -> Batch:
