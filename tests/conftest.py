@@ -26,6 +26,19 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def decode_member(sample: dict, resolution: int) -> np.ndarray:
+    """A raw tar sample's one image member (png, jpg or raw rgb bytes) as (R, R, 3) uint8."""
+    members = [m for m in ("png", "jpg", "rgb") if m in sample]
+    assert len(members) == 1, sorted(sample)
+    data = sample[members[0]]
+    if members[0] == "rgb":
+        assert len(data) == 3 * resolution * resolution
+        return np.frombuffer(data, np.uint8).reshape(resolution, resolution, 3)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "RGB" and img.size == (resolution, resolution)
+        return np.asarray(img)
+
+
 def write_shards(directory: Path, num_shards: int, per_shard: int, resolution: int,
                  seed: int = 0, index: bool = True) -> list[str]:
     """``num_shards`` tars of ``per_shard`` random RGB PNGs keyed 00000000, 00000001, ..., and

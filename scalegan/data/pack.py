@@ -188,13 +188,17 @@ def _megabytes(n: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _power_of_two(value: Any, low: int, high: int) -> int | None:
+    """``value`` as int if it is a power of two in [low, high], else None."""
+    if _is_int(value) and low <= int(value) <= high and (int(value) & (int(value) - 1)) == 0:
+        return int(value)
+    return None
+
+
 def _check_resolution(resolution: Any) -> int:
     """Return ``resolution`` as int if it is a power of two in [4, 4096], else raise PackError."""
-    ok = isinstance(resolution, (int, np.integer)) and not isinstance(resolution, (bool, np.bool_))
-    if ok:
-        r = int(resolution)
-        ok = MIN_RESOLUTION <= r <= MAX_RESOLUTION and (r & (r - 1)) == 0
-    if not ok:
+    r = _power_of_two(resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+    if r is None:
         raise PackError(
             f"resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, "
             f"got {resolution!r}"
@@ -211,11 +215,8 @@ def _check_min_resolution(min_resolution: Any, resolution: int) -> int:
     :data:`DEFAULT_MIN_RESOLUTION`, or ``resolution`` when that is smaller."""
     if min_resolution is None:
         return min(DEFAULT_MIN_RESOLUTION, resolution)
-    ok = _is_int(min_resolution)
-    if ok:
-        m = int(min_resolution)
-        ok = MIN_RESOLUTION <= m <= resolution and (m & (m - 1)) == 0
-    if not ok:
+    m = _power_of_two(min_resolution, MIN_RESOLUTION, resolution)
+    if m is None:
         raise PackError(
             f"min_resolution must be a power of two from {MIN_RESOLUTION} to the resolution "
             f"({resolution}), got {min_resolution!r}"

@@ -20,6 +20,8 @@ from PIL import Image
 import scalegan.data.pack as pack
 from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
 
+from conftest import decode_member
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -46,19 +48,6 @@ def gradient_rgb(seed: int, size=(12, 8)) -> Image.Image:
     """A distinct, non-uniform RGB image per seed (w x h = size)."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def decode_member(sample: dict, resolution: int) -> np.ndarray:
-    """A raw tar sample's one image member (png, jpg or raw rgb bytes) as (R, R, 3) uint8."""
-    members = [m for m in ("png", "jpg", "rgb") if m in sample]
-    assert len(members) == 1, sorted(sample)
-    data = sample[members[0]]
-    if members[0] == "rgb":
-        assert len(data) == 3 * resolution * resolution
-        return np.frombuffer(data, np.uint8).reshape(resolution, resolution, 3)
-    with Image.open(io.BytesIO(data)) as img:
-        assert img.mode == "RGB" and img.size == (resolution, resolution)
-        return np.asarray(img)
 
 
 def read_shards(out: Path) -> list[dict]:

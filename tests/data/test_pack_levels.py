@@ -5,7 +5,6 @@ progress bar, and the rR/ level directories in OUT."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -22,6 +21,8 @@ from PIL import Image
 import scalegan.data.pack as pack
 from scalegan.cli import main
 from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
+
+from conftest import decode_member
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = {"png": "png", "rgb": "rgb", "jpeg": "jpg"}
@@ -57,19 +58,6 @@ def make_sources(src: Path, n: int, corrupt: tuple[int, ...] = ()) -> list[str]:
         img.save(src / name)
         good.append(name)
     return good
-
-
-def decode_member(sample: dict, resolution: int) -> np.ndarray:
-    """A raw tar sample's one image member (png, jpg or raw rgb bytes) as (R, R, 3) uint8."""
-    members = [m for m in ("png", "jpg", "rgb") if m in sample]
-    assert len(members) == 1, sorted(sample)
-    data = sample[members[0]]
-    if members[0] == "rgb":
-        assert len(data) == 3 * resolution * resolution
-        return np.frombuffer(data, np.uint8).reshape(resolution, resolution, 3)
-    with Image.open(io.BytesIO(data)) as img:
-        assert img.mode == "RGB" and img.size == (resolution, resolution)
-        return np.asarray(img)
 
 
 def read_level(out: Path, level: dict) -> list[list[dict]]:
