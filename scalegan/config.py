@@ -183,7 +183,8 @@ class DataConfig:
     num_workers: int = 2
     """DataLoader worker processes per rank (0 decodes in the training process)."""
     shuffle_buffer: int = 1000
-    """Samples held in the seeded shuffle buffer of each worker."""
+    """Samples each worker holds in its seeded shuffle buffers: one buffer of a quarter of this
+    for each of the four shards it reads at once."""
     xflip: bool = True
     """Mirror each image left-right with probability 1/2 (seeded)."""
     max_skip: int = 1000

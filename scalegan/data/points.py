@@ -121,7 +121,10 @@ class PointStream:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after ``state["batches"]`` global batches. The world size may differ (the
-        counter counts global batches); the mixture may not."""
+        counter counts global batches); the mixture may not. Every rank's state (``{"ranks":
+        [...]}``, what a checkpoint holds) gives the same counter: the first is read."""
+        if "ranks" in state:
+            state = state["ranks"][0]
         if state.get("name", self.name) != self.name:
             raise ValueError(f"PointStream: state is for mixture {state['name']!r}, this stream "
                              f"draws {self.name!r}")

@@ -47,10 +47,10 @@ def test_a_dropped_connection_is_retried_and_every_sample_seen_once(pack, worker
     counts = collections.Counter(keys)
     assert sorted(counts) == [f"{i:08d}" for i in range(24)] and set(counts.values()) == {1}
     tries = [outcome for path, outcome in requests if path == "/r8/000001.tar"]
-    # the drop, then the rest of the shard from the next unread sample (later requests are the
-    # next epochs, which workers read ahead, opening the shard again)
-    assert "dropped" in tries[0] and tries[1].startswith("206 from")
-    assert all(t == "200" for t in tries[2:])
+    # the drop, then the rest of the shard from the next unread sample; the other requests are
+    # later epochs, which the workers read ahead (and may ask for before the retry)
+    assert "dropped" in tries[0] and sum(t.startswith("206 from") for t in tries) == 1
+    assert sorted(tries[1:])[:-1] == ["200"] * (len(tries) - 2)
     assert stream.failed_shards == 0
 
 

@@ -86,4 +86,8 @@ def test_two_nodes_train_to_the_same_parameters(two_namespaces, tmp_path):
     ranks = [json.loads((latest / f"rank_{r:05d}.json").read_text()) for r in range(2)]
     # one rank per node; data-parallel replicas end on bit-identical weights
     assert ranks[0]["weights_crc32"] == ranks[1]["weights_crc32"]
-    assert ranks[0]["data"] != ranks[1]["data"]  # each node read its own share of the shards
+    # every rank file holds every rank's data position; each node read its own share
+    assert ranks[0]["data"] == ranks[1]["data"]
+    positions = ranks[0]["data"]["data"]["ranks"]
+    assert [p["rank"] for p in positions] == [0, 1] and positions[0]["roles"] != positions[1][
+        "roles"]

@@ -49,12 +49,18 @@ def decode_all(shards: Path, resolution: int) -> np.ndarray:
     for url in expand_shards(str(shards)):
         with tarfile.open(url) as tar:
             for member in tar.getmembers():
+                data = tar.extractfile(member).read() if member.isfile() else b""
                 if member.name.endswith(".png"):
-                    img = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read()))
-                                     .convert("RGB"), dtype=np.float64)
-                    f = img.shape[0] // resolution
-                    img = img.reshape(resolution, f, resolution, f, 3).mean((1, 3))
-                    images.append(np.floor(img + 0.5))  # PIL's reduce rounds to uint8
+                    img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"),
+                                     dtype=np.float64)
+                elif member.name.endswith(".rgb"):  # raw uint8 HWC (the packer's small levels)
+                    side = int(round((len(data) / 3) ** 0.5))
+                    img = np.frombuffer(data, np.uint8).reshape(side, side, 3).astype(np.float64)
+                else:
+                    continue
+                f = img.shape[0] // resolution
+                img = img.reshape(resolution, f, resolution, f, 3).mean((1, 3))
+                images.append(np.floor(img + 0.5))  # PIL's reduce rounds to uint8
     return np.stack(images)
 
 

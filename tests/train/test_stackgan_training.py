@@ -62,7 +62,7 @@ def stack_overrides(runs: Path, shards: Path, condition: str, name: str) -> list
 def test_pipeline_serves_every_scale_and_the_label_of_one_sample(packs):
     stream = ImageStream(expand_shards(str(packs["labelled"])), batch_size=6, resolution=64,
                          label_key="label", pyramid=3, shuffle_buffer=8)
-    images, keys, labels = stream.next_batch()
+    images, keys, labels = stream.next_batch()[:3]
     assert [tuple(x.shape) for x in images] == [(6, 3, 16, 16), (6, 3, 32, 32), (6, 3, 64, 64)]
     for k, x in enumerate(reversed(images)):  # each scale: 2^k x 2^k block means of the full one
         torch.testing.assert_close(x, torch.nn.functional.avg_pool2d(images[-1], 2 ** k),
