@@ -277,10 +277,12 @@ def digit_scores(G, n: int = 500, seed: int = 0) -> dict:
 
 @pytest.mark.slow
 def test_trains_on_the_built_in_digits(tmp_path, digits):
+    # 30 kimg: over train.seed 0..7 every run reached >= 9 classes and precision >= 0.49; at
+    # 20 kimg the class count still depended on the seed and the data order (6 to 10).
     cfg = load_config(CONFIGS / "demo_digits8_ebgan.yaml", [
         f"runs_dir={tmp_path}", "log.progress=false", "log.wandb=disabled",
         f"data.shards={digits / 'train'}", f"eval.real={digits / 'holdout'}",
-        "train.total_kimg=20", "checkpoint.every_kimg=1000"])
+        "train.total_kimg=30", "checkpoint.every_kimg=1000"])
     trainer = Trainer(cfg)
     before = digit_scores(trainer.G_ema)
     trainer.train()
