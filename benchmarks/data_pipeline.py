@@ -50,6 +50,10 @@ headline on the last line.
     python benchmarks/data_pipeline.py [--resolution 256] [--images 1200] [--shard-size 100]
                                        [--batch 32] [--workers 2] [--smoke]
 
+After the checks, the layout comparison: one process reading and decoding the two lowest levels
+from the pack's own layout (one shard set per level) and from one tar per shard holding every
+level of each sample (built from the pack for the comparison).
+
 ``--smoke``: 48 images at 32^2, shards of 8, batch 8, resolutions 8..32 (well under a minute).
 """
 
@@ -364,6 +368,55 @@ def measure(resolution: int, paths: list[Path], pack_a: Path, pack_b: Path,
     return row
 
 
+def compare_layouts(pack: Path, out: Path, resolutions: list[int]) -> list[tuple]:
+    """Images/s reading and decoding level R in one process from (i) the pack's own layout, one
+    shard set per level, and (ii) the other layout the format could have had: one tar per shard
+    holding every level of each sample (``rgb``, ``r128.rgb``, ..., built here from the pack)."""
+    shards = open_shards(str(pack))
+    out.mkdir()
+    top = shards.levels[0]
+    for i in range(len(shards)):
+        levels = [[s for s in _tar(v.urls[i])] for v in shards.levels]
+        with wds.TarWriter(str(out / f"{i:06d}.tar"), mtime=0) as sink:
+            for samples in zip(*levels, strict=True):
+                merged = {"__key__": samples[0]["__key__"], "json": samples[0]["json"]}
+                for v, sample in zip(shards.levels, samples, strict=True):
+                    member = next(k for k in IMAGE_FIELDS if k in sample)
+                    merged[member if v is top else f"r{v.resolution}.{member}"] = sample[member]
+                sink.write(merged)
+    rows = []
+    for r in resolutions:
+        own = _read_rate(shards.level_for(r).urls, r, "")
+        one = _read_rate([str(out / f"{i:06d}.tar") for i in range(len(shards))], r, f"r{r}.")
+        rows.append((r, own, one))
+    return rows
+
+
+def _tar(url: str) -> Iterator[dict]:
+    from scalegan.data.shards import iter_tar_samples
+
+    return iter_tar_samples(url)
+
+
+def _read_rate(urls: list[str], resolution: int, prefix: str) -> float:
+    count, t0 = 0, time.perf_counter()
+    for url in urls:
+        for sample in _tar(url):
+            member = next(k for k in sample if k.startswith(prefix) and k.endswith("rgb"))
+            decode_sample({"rgb": sample[member]}, resolution)
+            count += 1
+    return count / (time.perf_counter() - t0)
+
+
+def print_layouts(rows: list[tuple]) -> None:
+    """The layout comparison: the pack's per-level shard sets against one tar of all levels."""
+    print("\nlevel layouts, one process reading and decoding level R (images/s):")
+    print("| R | one shard set per level (the pack's) | one tar with every level | ratio |")
+    print("|---:|---:|---:|---:|")
+    for r, own, one in rows:
+        print(f"| {r} | {own:,.0f} | {one:,.0f} | {own / one:.1f}x |")
+
+
 def print_others(rows: list[dict]) -> None:
     """How much of the machine other processes took while each row was measured: figures from
     a row where that is more than a few percent are slowed down by them."""
@@ -477,9 +530,11 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(before, str):
             print(f"today: column unavailable ({before})", flush=True)
         rows = [measure(r, paths, pack_a, pack_b, before, args) for r in resolutions]
+        layouts = compare_layouts(pack_b, work / "one_tar", resolutions[:2])
     print_others(rows)
     print_table(rows)
     low_bound, top_folder, vs_today = print_checks(rows, before)
+    print_layouts(layouts)
     today = "n/a" if vs_today is None else f"{vs_today:.1f}x"
     print(f"headline: {TODAY_AT}^2 multi-res pack vs today: {today}; {args.resolution}^2 vs "
           f"folder loader: {top_folder:.1f}x; min over R of multi-res / decode bound: "
