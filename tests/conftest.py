@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,18 @@ def decode_member(sample: dict, resolution: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         assert img.mode == "RGB" and img.size == (resolution, resolution)
         return np.asarray(img)
+
+
+def wait_for_first_shard(proc, build: Path, poll: float = 0.01) -> None:
+    """Wait until a running ``scalegan pack`` (``proc``) has completed its first shard in its
+    build directory ``build`` (000001.tar exists); fail if it ends first or takes over 60 s."""
+    deadline = time.monotonic() + 60
+    while not (build / "000001.tar").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"pack ended (rc {proc.returncode}) before it could be interrupted: "
+                        f"{proc.stderr.read().decode(errors='replace')}")
+        assert time.monotonic() < deadline, "no shard appeared in the build directory"
+        time.sleep(poll)
 
 
 def write_shards(directory: Path, num_shards: int, per_shard: int, resolution: int,

@@ -20,7 +20,7 @@ from PIL import Image
 import scalegan.data.pack as pack
 from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
 
-from conftest import decode_member
+from conftest import decode_member, wait_for_first_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -630,13 +630,7 @@ def test_sigkill_midway_leaves_old_pack_and_next_pack_clears_the_leftover(tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     build = tmp_path / f".out.packing-{proc.pid}"
     try:
-        deadline = time.monotonic() + 60
-        while not (build / "000001.tar").exists():  # i.e. shard 000000 is complete
-            if proc.poll() is not None:
-                pytest.fail(f"pack ended (rc {proc.returncode}) before it could be killed: "
-                            f"{proc.stderr.read().decode(errors='replace')}")
-            assert time.monotonic() < deadline, "no shard appeared in the build directory"
-            time.sleep(0.002)
+        wait_for_first_shard(proc, build, poll=0.002)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()

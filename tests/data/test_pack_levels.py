@@ -22,7 +22,7 @@ import scalegan.data.pack as pack
 from scalegan.cli import main
 from scalegan.data.pack import PackError, pack_arrays, pack_folder, to_square_rgb
 
-from conftest import decode_member
+from conftest import decode_member, wait_for_first_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = {"png": "png", "rgb": "rgb", "jpeg": "jpg"}
@@ -411,13 +411,7 @@ def test_ctrl_c_on_the_cli_stops_workers_and_leaves_out_untouched(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     build = tmp_path / f".out.packing-{proc.pid}"
     try:
-        deadline = time.monotonic() + 60
-        while not (build / "000001.tar").exists():  # i.e. shard 000000 is complete
-            if proc.poll() is not None:
-                pytest.fail(f"pack ended (rc {proc.returncode}) before Ctrl-C: "
-                            f"{proc.stderr.read().decode(errors='replace')}")
-            assert time.monotonic() < deadline, "no shard appeared in the build directory"
-            time.sleep(0.01)
+        wait_for_first_shard(proc, build)
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the whole process group
         interrupted = time.monotonic()
         _, err = proc.communicate(timeout=60)
