@@ -114,3 +114,36 @@ def test_merge_counts_follow_the_roles_epochs():
     assert bases[1] == {next0[0][0]: 2}  # role 1 has not begun its slice of epoch 1
     assert [s for s, _ in deal(seed, 0, 4, bases[0], 0, 1)] == [b]
     assert deal(seed, 0, 4, bases[0], 0, 1) == [(b, 3)]
+
+
+@pytest.mark.parametrize("world,workers", [(1, 1), (3, 1)])
+def test_a_role_already_in_the_next_epoch_is_merged_exactly(shards, monkeypatch, world,
+                                                            workers):
+    """7 shards over 4 roles: the role dealt one shard runs into epoch 1 while the others are
+    still in epoch 0; after the resume both epochs hold each sample exactly once."""
+    urls = shards(num_shards=7, per_shard=5, resolution=8)  # 35 samples
+    before: dict[int, list[str]] = {0: [], 1: []}
+    states = []
+    for rank in (0, 1):
+        stream = _stream(urls, monkeypatch, rank, 2, 2)
+        for _ in range(6):
+            batch = stream.next_batch()
+            for key, epoch in zip(batch.keys, batch.epochs, strict=True):
+                before[epoch].append(key)
+        states.append(stream.state_dict())
+        stream.close()
+    assert before[1], "no role reached epoch 1 before the save"
+    after: dict[int, list[str]] = {0: [], 1: []}
+    for rank in range(world):
+        stream = _stream(urls, monkeypatch, rank, world, workers)
+        stream.load_state_dict({"ranks": states})
+        while any(r.epoch <= 1 for r in stream.roles):
+            batch = stream.next_batch()
+            for key, epoch in zip(batch.keys, batch.epochs, strict=True):
+                if epoch <= 1:
+                    after[epoch].append(key)
+        stream.close()
+    for epoch in (0, 1):
+        seen = collections.Counter(before[epoch] + after[epoch])
+        assert sorted(seen) == [f"{i:08d}" for i in range(35)], f"epoch {epoch} lost samples"
+        assert set(seen.values()) == {1}, f"epoch {epoch} read a sample twice"
