@@ -70,6 +70,13 @@ AUTO_TABLE: tuple[AutoChoice, ...] = (
                "config with it): ratio 1.05-1.09 in the full table, 0.67-0.79 timed alone "
                "(--repeats 21): a tie; kept because the ref forms N*N*B*C elements (its double "
                "backward's graph too) where the cpu path stays within ELEMENT_BUDGET"),
+    AutoChoice("modulated_conv2d", "cpu", "*", "cpu",
+               "2026-12-03, benchmarks/modulated_conv2d.py (fp32, 2 threads, N=8, 3x3, "
+               "demodulated, median of 5): ref / cpu forward+backward 1.30-10.5x (256->256 at "
+               "16x16 and 32x32, 512->512 at 8x8, up=1 and up=2), forward 1.16-8.2x"),
+    AutoChoice("modulated_conv2d", "*", "*", "cpu",
+               "no GPU measurement; one shared-weight convolution instead of N * C_out "
+               "per-sample weights in a grouped one"),
 )
 
 

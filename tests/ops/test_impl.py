@@ -10,7 +10,7 @@ import torch
 from scalegan.ops import _impl, minibatch_discrimination, minibatch_stddev, upsample_conv2d
 from scalegan.ops._impl import AUTO_TABLE, AutoChoice, auto_choice, resolve_impl
 
-OPS = ("upsample_conv2d", "minibatch_stddev", "minibatch_discrimination")
+OPS = ("upsample_conv2d", "minibatch_stddev", "minibatch_discrimination", "modulated_conv2d")
 
 
 @pytest.mark.parametrize("op", OPS)
