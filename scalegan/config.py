@@ -681,7 +681,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         tree = loaded
     tree = _deep_merge(tree, parse_overrides(overrides or []))
-    return _build(Config, tree, "")
+    return _build(Config, _fill_preset(tree), "")
+
+
+def _fill_preset(tree: dict) -> dict:
+    """The tree with the values of its family's preset (``Family.fill_preset``) where it has
+    none."""
+    from scalegan.families import family_class
+
+    model = tree.get("model")
+    arch = model.get("arch", ModelConfig.arch) if isinstance(model, dict) else ModelConfig.arch
+    try:
+        return family_class(arch).fill_preset(tree)
+    except ValueError:
+        return tree  # the model section's own check names the arch
 
 
 def config_from_dict(data: dict) -> Config:

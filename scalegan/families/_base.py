@@ -106,6 +106,10 @@ class Services(Protocol):
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's autocast context (bf16 or none)."""
 
+    nets: dict[str, nn.Module]
+    """The networks themselves (sharded or not, never a data-parallel wrapper): for state a
+    family keeps in their buffers (StyleGAN2's ``w_avg``)."""
+
 
 class Family:
     """Base of the family specs; defaults fit a noise-to-image pair named G and D."""
@@ -138,6 +142,12 @@ class Family:
         return self.cfg.data.source == "points"
 
     # --------------------------------------------------------------------------- configuration
+
+    @classmethod
+    def fill_preset(cls, tree: dict) -> dict:
+        """The raw config tree (file and overrides merged) with the family's preset values
+        filled in where it sets none (a family without presets returns it as it is)."""
+        return tree
 
     @classmethod
     def check(cls, cfg: Config) -> None:

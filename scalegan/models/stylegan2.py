@@ -82,6 +82,22 @@ def num_ws_for(resolution: int) -> int:
     return 2 * int(math.log2(resolution)) - 2
 
 
+def _in_bf16(r: int, resolution: int, bf16_resolutions: int) -> bool:
+    """Whether the block at ``r`` computes in bf16: the ``bf16_resolutions`` highest ones (where
+    StyleGAN2-ADA uses fp16, with ``conv_clamp``)."""
+    return bf16_resolutions > 0 and r >= resolution >> (bf16_resolutions - 1)
+
+
+def _compute_dtype(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast in a block that computes in bf16 (a no-op context elsewhere)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """``x`` back in fp32 when a bf16 block made it (fp32 / fp64 unchanged)."""
+    return x.float() if x.dtype == torch.bfloat16 else x
+
+
 def _resolutions(resolution: int) -> list[int]:
     """[4, 8, ..., resolution]."""
     return [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
@@ -236,14 +252,19 @@ class MappingNetwork(nn.Module):
         for layer in self.layers:
             x = layer(x)  # (N, w_dim)
         if self.training and update_w_avg:
-            with torch.no_grad():
-                batch_mean = x.detach().mean(dim=0).to(self.w_avg.dtype)
-                self.w_avg.copy_(batch_mean.lerp(self.w_avg, self.w_avg_beta))
+            self.track(x)
         if self.num_ws is not None:
             x = x.unsqueeze(1).repeat(1, self.num_ws, 1)  # (N, num_ws, w_dim)
         if truncation_psi != 1.0:
             x = self.truncate(x, truncation_psi, truncation_cutoff)
         return x
+
+    @torch.no_grad()
+    def track(self, w: torch.Tensor) -> None:
+        """Move ``w_avg`` toward the mean of ``w`` ``(N, w_dim)``:
+        ``w_avg <- mean(w) + beta * (w_avg - mean(w))``."""
+        batch_mean = w.detach().to(self.w_avg.dtype).mean(dim=0)
+        self.w_avg.copy_(batch_mean.lerp(self.w_avg, self.w_avg_beta))
 
     def truncate(self, w: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
         """Truncation trick: ``w_avg + psi * (w - w_avg)``.
@@ -291,11 +312,14 @@ class _SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         styles = self.affine(w)  # (N, in)
         x = modulated_conv2d(x, self.weight * self.weight_gain, styles, demodulate=True,
                              up=self.up, impl=self.impl)  # (N, out, res, res)
-        if noise_mode == "random":
+        if noise is not None:  # given (N, 1, res, res) draws stand in for "random"
+            x = x + noise.to(x.dtype) * self.noise_strength
+        elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
                                 device=x.device, dtype=x.dtype)
             x = x + noise * self.noise_strength
@@ -338,9 +362,10 @@ class _SynthesisBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-                 img_channels: int, conv_clamp: float | None, impl: str) -> None:
+                 img_channels: int, conv_clamp: float | None, impl: str,
+                 bf16: bool = False) -> None:
         super().__init__()
-        self.resolution = resolution
+        self.resolution, self.bf16 = resolution, bf16
         if resolution == MIN_RESOLUTION:
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
             self.conv0 = None
@@ -354,15 +379,25 @@ class _SynthesisBlock(nn.Module):
         self.torgb = _ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp, impl=impl)
         self.num_conv = 1 if self.conv0 is None else 2
 
+    @property
+    def noise_numel(self) -> int:
+        """Noise values one sample's convolutions take (``num_conv`` maps of ``r x r``)."""
+        return self.num_conv * self.resolution ** 2
+
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.conv0 is None:
-            x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
-            x = self.conv1(x, ws[:, 0], noise_mode)
-        else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
-        y = self.torgb(x, ws[:, self.num_conv])
+                noise_mode: str, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.resolution
+        maps = [None, None] if noise is None else list(noise.reshape(-1, self.num_conv, 1, r, r)
+                                                       .unbind(1)) + [None]
+        with _compute_dtype(ws.device, self.bf16):
+            if self.conv0 is None:
+                x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+                x = self.conv1(x, ws[:, 0], noise_mode, maps[0])
+            else:
+                x = self.conv1(self.conv0(x, ws[:, 0], noise_mode, maps[0]), ws[:, 1],
+                               noise_mode, maps[1])
+            y = _full(self.torgb(x, ws[:, self.num_conv]))  # the image stays in fp32
         img = y if img is None else upsample2d(img, self.blur, up=2) + y
         return x, img
 
@@ -378,7 +413,8 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, w_dim: int = 512, resolution: int = 1024, img_channels: int = 3,
                  channel_base: int = 32768, channel_max: int = 512,
-                 conv_clamp: float | None = None, impl: str = "auto") -> None:
+                 conv_clamp: float | None = None, impl: str = "auto",
+                 bf16_resolutions: int = 0) -> None:
         super().__init__()
         _check_architecture("SynthesisNetwork", resolution, img_channels, channel_base,
                             channel_max)
@@ -389,20 +425,31 @@ class SynthesisNetwork(nn.Module):
             c_in = channels_at(r // 2, channel_base, channel_max) if r > MIN_RESOLUTION else 0
             self.blocks[str(r)] = _SynthesisBlock(
                 c_in, channels_at(r, channel_base, channel_max), w_dim, r, img_channels,
-                conv_clamp, impl)
+                conv_clamp, impl, bf16=_in_bf16(r, resolution, bf16_resolutions))
+        self.noise_numel = sum(b.noise_numel for b in self.blocks.values())
+        """Length of the ``noise`` rows :meth:`forward` takes."""
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random",
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise`` ``(N, noise_numel)``: every layer's per-pixel noise, block by block (4x4
+        first), stands in for ``noise_mode="random"`` (so a caller decides where the draws come
+        from)."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"SynthesisNetwork: ws must be (N, {self.num_ws}, {self.w_dim}), "
                              f"got {tuple(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"SynthesisNetwork: noise_mode={noise_mode!r} must be one of "
                              f"{NOISE_MODES}")
+        if noise is not None and tuple(noise.shape) != (ws.shape[0], self.noise_numel):
+            raise ValueError(f"SynthesisNetwork: noise must be ({ws.shape[0]}, "
+                             f"{self.noise_numel}), got {tuple(noise.shape)}")
         x = img = None
-        first = 0
+        first = at = 0
         for block in self.blocks.values():
-            x, img = block(x, img, ws[:, first:first + block.num_conv + 1], noise_mode)
+            part = None if noise is None else noise[:, at:at + block.noise_numel]
+            x, img = block(x, img, ws[:, first:first + block.num_conv + 1], noise_mode, part)
             first += block.num_conv
+            at += block.noise_numel
         return img  # (N, img_channels, resolution, resolution)
 
 
@@ -420,23 +467,48 @@ class Generator(nn.Module):
                  img_channels: int = 3, channel_base: int = 32768, channel_max: int = 512,
                  mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01,
                  w_avg_beta: float = 0.995, conv_clamp: float | None = None,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", bf16_resolutions: int = 0) -> None:
         super().__init__()
         self.z_dim, self.w_dim, self.resolution, self.img_channels = z_dim, w_dim, resolution, \
             img_channels
         self.synthesis = SynthesisNetwork(w_dim, resolution, img_channels, channel_base,
-                                          channel_max, conv_clamp=conv_clamp, impl=impl)
+                                          channel_max, conv_clamp=conv_clamp, impl=impl,
+                                          bf16_resolutions=bf16_resolutions)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, mapping_lr_multiplier,
                                       w_avg_beta, num_ws=self.num_ws)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random",
-                return_ws: bool = False, truncation_cutoff: int | None = None
+                return_ws: bool = False, truncation_cutoff: int | None = None, *,
+                noise: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,
+                mix_cutoff: torch.Tensor | None = None, update_w_avg: bool = True
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        ws = self.mapping(z, truncation_psi=truncation_psi,
-                          truncation_cutoff=truncation_cutoff)  # (N, num_ws, w_dim)
-        img = self.synthesis(ws, noise_mode=noise_mode)  # (N, C, R, R)
+        """Style mixing (training): ``mix_z`` ``(N, z_dim)`` second latents and ``mix_cutoff``
+        ``(N,)`` integers in ``[1, num_ws]``: sample ``n`` takes the styles of ``mix_z[n]``
+        from style ``mix_cutoff[n]`` on (``num_ws``: no mixing); both latents go through one
+        mapping call, ``w_avg`` follows ``z``'s alone. ``noise``: see
+        :meth:`SynthesisNetwork.forward`. The ``ws`` returned are the ones synthesis read
+        (mixed), for the path-length penalty."""
+        if mix_z is None:
+            ws = self.mapping(z, truncation_psi=truncation_psi,
+                              truncation_cutoff=truncation_cutoff,
+                              update_w_avg=update_w_avg)  # (N, num_ws, w_dim)
+        else:
+            both = self.mapping(torch.cat([z, mix_z]), update_w_avg=False)  # (2N, num_ws, w)
+            ws, ws2 = both.chunk(2)
+            if self.training and update_w_avg:
+                self.mapping.track(ws[:, 0])
+            take = torch.arange(self.num_ws, device=ws.device)[None, :, None] \
+                >= mix_cutoff.to(ws.device)[:, None, None]  # (N, num_ws, 1)
+            ws = torch.where(take, ws2, ws)
+        img = self.synthesis(ws, noise_mode=noise_mode, noise=noise)  # (N, C, R, R)
         return (img, ws) if return_ws else img
+
+    def named_units(self):
+        """The sharding units: the mapping network and each synthesis block."""
+        yield "mapping", self.mapping
+        for r, block in self.synthesis.blocks.items():
+            yield f"synthesis.blocks.{r}", block
 
 
 # -------------------------------------------------------------------------------- discriminator
@@ -497,7 +569,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, resolution: int = 1024, img_channels: int = 3, channel_base: int = 32768,
                  channel_max: int = 512, mbstd_group_size: int = 4, mbstd_num_channels: int = 1,
-                 conv_clamp: float | None = None) -> None:
+                 conv_clamp: float | None = None, bf16_resolutions: int = 0) -> None:
         super().__init__()
         _check_architecture("Discriminator", resolution, img_channels, channel_base, channel_max)
         self.resolution, self.img_channels = resolution, img_channels
@@ -511,13 +583,18 @@ class Discriminator(nn.Module):
             for r in reversed(_resolutions(resolution)) if r > MIN_RESOLUTION)
         self.epilogue = _DEpilogue(ch(MIN_RESOLUTION), mbstd_group_size, mbstd_num_channels,
                                    conv_clamp)
+        self.bf16 = {r: _in_bf16(r, resolution, bf16_resolutions)
+                     for r in _resolutions(resolution)}
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         r = self.resolution
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, r, r):
             raise ValueError(f"Discriminator: images must be (N, {self.img_channels}, {r}, {r}), "
                              f"got {tuple(img.shape)}")
-        x = self.from_rgb(img)  # (N, C_R, R, R)
-        for block in self.blocks.values():
-            x = block(x)  # halves the resolution
-        return self.epilogue(x)  # (N, 1)
+        with _compute_dtype(img.device, self.bf16[r]):
+            x = self.from_rgb(img)  # (N, C_R, R, R)
+        for key, block in self.blocks.items():
+            bf16 = self.bf16[int(key)]
+            with _compute_dtype(img.device, bf16):
+                x = block(x if bf16 else _full(x))  # halves the resolution
+        return self.epilogue(_full(x))  # (N, 1), fp32

@@ -23,6 +23,12 @@ whole batch between a per-input-channel and a per-output-channel scaling, and
 ``d_n = rsqrt((weight^2 summed over taps) @ s_n^2 + eps)`` one small matmul instead of the
 ``N x C_out x C_in x k x k`` modulated weights. Both are made of differentiable torch ops, so
 autograd takes them to any order (R1 and the path-length penalty differentiate through them).
+``triton`` the same identity as one Triton implicit-GEMM convolution with the shared weight, the
+style applied to the input tile as it is loaded and ``d`` to the accumulator before the store
+(``scalegan.kernels.modulated_conv2d``; ``up=2``: the kernel's stride-2 transposed convolution,
+then the torch blur); its backward is the same kernel in the adjoint mode plus torch ops, so it
+too is differentiable to any order. It runs on CUDA tensors, or on CPU tensors under
+``TRITON_INTERPRET=1`` (see ``scalegan.ops._impl``); ``padding`` must lie in ``[0, k - 1]``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import torch.nn.functional as F
 from scalegan.ops._impl import resolve_impl
 from scalegan.ops.upfirdn2d import setup_filter, upfirdn2d
 
-AVAILABLE_IMPLS = ("auto", "ref", "cpu")
+AVAILABLE_IMPLS = ("auto", "ref", "cpu", "triton")
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, up: int,
@@ -87,7 +93,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         raise ValueError(f"modulated_conv2d: impl={impl!r} is not available; the available "
                          f"impls are {' | '.join(AVAILABLE_IMPLS)}")
     impl = resolve_impl(impl, x, "modulated_conv2d")
-    fn = modulated_conv2d_ref if impl == "ref" else modulated_conv2d_cpu
+    fn = {"ref": modulated_conv2d_ref, "cpu": modulated_conv2d_cpu,
+          "triton": modulated_conv2d_triton}[impl]
     return fn(x, weight, styles, demodulate=demodulate, up=up, padding=padding, eps=eps)
 
 
@@ -127,3 +134,23 @@ def modulated_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, styles: torch.Te
     if demodulate:
         y = y * demodulation(weight, styles, eps)[:, :, None, None]
     return y if up == 1 else _blur(y, k)
+
+
+def modulated_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
+                            demodulate: bool = True, up: int = 1, padding: int | None = None,
+                            eps: float = 1e-8) -> torch.Tensor:
+    """The ``triton`` path: ``d_n * conv(s_n * x_n, weight)`` as one scaled convolution by the
+    kernel (``s`` on the input tiles, ``d`` in the epilogue), ``d`` from :func:`demodulation` in
+    at least fp32; ``up=2`` the kernel's transposed convolution, then the blur."""
+    from scalegan.kernels import modulated_conv2d as kernels
+
+    k = weight.shape[-1]
+    pad = k // 2 if padding is None else padding
+    if up == 1 and not 0 <= pad <= k - 1:
+        raise ValueError(f"modulated_conv2d: impl='triton' takes padding in [0, {k - 1}] for "
+                         f"k={k}, got {pad}")
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    d = demodulation(weight.to(acc), styles.to(acc), eps) if demodulate else None
+    if up == 1:
+        return kernels.scaled_conv2d(x, weight, styles, d, padding=pad)
+    return _blur(kernels.scaled_conv2d(x, weight, styles, d, up=2, padding=k - 1), k)

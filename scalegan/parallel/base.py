@@ -110,9 +110,19 @@ class Strategy:
         """Read what ``save_extra`` wrote."""
 
 
+def named_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The units of a network: its own ``named_units()`` when it has them (StyleGAN2's G: the
+    mapping network and each synthesis block), else each entry of the ModuleDicts among its
+    children (a resolution's block, its toRGB/fromRGB), named ``"blocks.8"`` etc."""
+    if hasattr(model, "named_units"):
+        return list(model.named_units())
+    return [(f"{name}.{key}", unit) for name, child in model.named_children()
+            if isinstance(child, nn.ModuleDict) for key, unit in child.items()]
+
+
 def unit_param_groups(model: nn.Module) -> list[dict]:
-    """Adam parameter groups, one per unit: each entry of the model's ModuleDicts (a resolution's
-    block, its toRGB/fromRGB), named ``"blocks.8"`` etc. under the key ``unit``, then one group of
+    """Adam parameter groups, one per unit (:func:`named_units`), named ``"blocks.8"`` etc.
+    under the key ``unit``, then one group of
     the remaining parameters (``unit`` ``""``).
 
     Plain Adam treats every parameter alike whatever the grouping; a strategy that keeps one flat
@@ -120,13 +130,11 @@ def unit_param_groups(model: nn.Module) -> list[dict]:
     first runs, as Adam does for a parameter's first gradient.
     """
     groups, grouped = [], set()
-    for name, child in model.named_children():
-        if isinstance(child, nn.ModuleDict):
-            for key, unit in child.items():
-                params = [p for p in unit.parameters() if id(p) not in grouped]
-                grouped.update(id(p) for p in params)
-                if params:
-                    groups.append({"params": params, "unit": f"{name}.{key}"})
+    for name, unit in named_units(model):
+        params = [p for p in unit.parameters() if id(p) not in grouped]
+        grouped.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "unit": name})
     rest = [p for p in model.parameters() if id(p) not in grouped]
     if rest:
         groups.append({"params": rest, "unit": ""})

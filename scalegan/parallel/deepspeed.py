@@ -249,7 +249,8 @@ class DeepSpeedStrategy(Strategy):
         tensors = dict(module.named_parameters()) | dict(module.named_buffers())
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
                                                enabled=self.stage == 3):
-            yield lambda *args: torch.func.functional_call(self.meta[name], tensors, args)
+            yield lambda *args, **kwargs: torch.func.functional_call(self.meta[name], tensors,
+                                                                     args, kwargs)
 
     @torch.no_grad()
     def update_ema(self, name: str, ema: nn.Module, beta: float) -> None:

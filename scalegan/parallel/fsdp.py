@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from scalegan.config import ParallelConfig
-from scalegan.parallel.base import Strategy
+from scalegan.parallel.base import Strategy, named_units
 from scalegan.parallel.env import DistEnv
 
 
 class FSDPStrategy(Strategy):
     """Every network and its averaged copy sharded with FSDP2 (``fully_shard``), one unit per
-    entry of the network's ModuleDicts.
+    unit of the network (``named_units``: the entries of its ModuleDicts, or its own list).
 
     Order: each entry of the networks' ModuleDicts (a resolution's block, its toRGB/fromRGB) is
     wrapped first, then the root, so a block's parameters are gathered only while it runs and a
@@ -42,10 +42,8 @@ class FSDPStrategy(Strategy):
 
         kw = dict(mesh=self.mesh, mp_policy=mp_policy or MixedPrecisionPolicy(),
                   reshard_after_forward=self.reshard_after_forward)
-        for child in model.children():
-            if isinstance(child, nn.ModuleDict):
-                for unit in child.values():
-                    fully_shard(unit, **kw)
+        for _, unit in named_units(model):
+            fully_shard(unit, **kw)
         fully_shard(model, **kw)
         # FSDP settles each unit's mixed-precision dtypes at its first forward, from the
         # parameters that require grad at that moment. A network's first forward may be frozen
