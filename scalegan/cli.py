@@ -1,4 +1,5 @@
-"""`scalegan pack | train | generate | eval`: parse, load the config, call the library."""
+"""`scalegan pack | train | generate | export | eval`: parse, load the config, call the
+library."""
 
 from __future__ import annotations
 
@@ -168,8 +169,43 @@ def _train(cfg, args: argparse.Namespace, env, stop) -> int | str:
         trainer.close()
 
 
+def _w_space_mode(args: argparse.Namespace) -> str | None:
+    """``mix`` or ``interpolate`` when one of them is asked for (ValueError naming the options
+    that do not go with it), else None (a grid or images from noise)."""
+    mode = "mix" if args.mix is not None else "interpolate" if args.interpolate is not None \
+        else None
+    if args.mix is not None and args.interpolate is not None:
+        raise ValueError("--mix and --interpolate are two different outputs: give one")
+    if mode is None:
+        for option, value, partner in (("--seeds", args.seeds, "--interpolate"),
+                                       ("--fps", args.fps, "--interpolate"),
+                                       ("--mix-styles", args.mix_styles, "--mix"),
+                                       ("--mix-cutoff", args.mix_cutoff, "--mix")):
+            if value is not None:
+                raise ValueError(f"{option} goes with {partner}")
+        return None
+    given = {"--individual": args.individual, "--input": args.input is not None,
+             "--label": args.label is not None, "--embedding": args.embedding is not None,
+             "--stages all": args.stages == "all", "--direction": args.direction is not None}
+    if mode == "mix":
+        given.update({"--seeds": args.seeds is not None, "--fps": args.fps is not None})
+        if args.mix_styles is not None and args.mix_cutoff is not None:
+            raise ValueError("--mix-styles and --mix-cutoff both choose the mixed styles: give "
+                             "one")
+    else:
+        given.update({"--mix-styles": args.mix_styles is not None,
+                      "--mix-cutoff": args.mix_cutoff is not None})
+        if args.seeds is None:
+            raise ValueError("--interpolate walks through seeds: give them with --seeds (e.g. "
+                             "--seeds 1,2,3)")
+    for option, on in given.items():
+        if on:
+            raise ValueError(f"{option} does not apply to --{mode}")
+    return mode
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from scalegan.generate import generate
+    from scalegan.generate import generate, interpolate, parse_seeds, style_mix
 
     embedding = None
     if args.embedding is not None:
@@ -177,14 +213,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
             embedding = [float(v) for v in args.embedding.split(",")]
         except ValueError:
             return _fail(f"--embedding {args.embedding!r} is not a comma-separated list of numbers")
+    truncation = {"truncation": args.truncation, "truncation_cutoff": args.truncation_cutoff}
     try:
-        paths = generate(args.checkpoint, num=args.num, out=args.out, seed=args.seed,
-                         individual=args.individual, label=args.label, embedding=embedding,
-                         stages=args.stages, input=args.input, direction=args.direction)
+        mode = _w_space_mode(args)
+        if mode == "mix":
+            out = args.out if args.out is not None else "mix.png"
+            path = style_mix(args.checkpoint, parse_seeds(args.mix[0], "--mix SEEDS_A"),
+                             parse_seeds(args.mix[1], "--mix SEEDS_B"), out,
+                             styles=args.mix_styles or "coarse", mix_cutoff=args.mix_cutoff,
+                             **truncation)
+        elif mode == "interpolate":
+            out = args.out if args.out is not None else "walk.gif"
+            path = interpolate(args.checkpoint, parse_seeds(args.seeds, "--seeds"),
+                               args.interpolate, out,
+                               fps=24.0 if args.fps is None else args.fps, **truncation)
+        else:
+            out = args.out if args.out is not None else "grid.png"
+            paths = generate(args.checkpoint, num=args.num, out=out, seed=args.seed,
+                             individual=args.individual, label=args.label,
+                             embedding=embedding, stages=args.stages, input=args.input,
+                             direction=args.direction, **truncation)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
+    if mode is not None:
+        print(f"wrote {path}")
+        return 0
     print(f"wrote {paths[0]}" if len(paths) == 1 and args.input is None
-          else f"wrote {len(paths)} images to {args.out}")
+          else f"wrote {len(paths)} images to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from scalegan.export import export_generator
+
+    try:
+        path, metadata = export_generator(args.checkpoint, args.out,
+                                          truncation_cutoff=args.truncation_cutoff)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    size = metadata["resolution"]
+    print(f"wrote {path}: G(z (N, {metadata['latent_dim']}), truncation_psi ()) -> images "
+          f"(N, {metadata['img_channels']}, {size}, {size}); load it with "
+          f"torch.export.load(open(path, 'rb')).module()")
     return 0
 
 
@@ -289,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="images from a checkpoint's G_ema")
     p.add_argument("checkpoint", help="checkpoint dir, its 'latest' link, or a run directory")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--out", default="grid.png", help="grid PNG path (or folder with --individual)")
+    p.add_argument("--out", default=None,
+                   help="grid PNG path (default grid.png), or folder with --individual; "
+                        "--mix: the grid (mix.png); --interpolate: walk.gif or .mp4 (walk.gif)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--individual", action="store_true", help="one PNG per image in --out")
     p.add_argument("--label", type=int, default=None,
@@ -304,7 +376,45 @@ def build_parser() -> argparse.ArgumentParser:
                         "take images: cyclegan, srgan, aae); one output per input in --out")
     p.add_argument("--direction", default=None,
                    help="two-way translators (cyclegan): a2b (default) or b2a")
+    w = p.add_argument_group(
+        "W space (model.arch=stylegan2)",
+        "The latent of seed S is the first one '--seed S' draws: torch.randn(1, latent_dim) "
+        "from torch.Generator().manual_seed(S). Images use the constant noise maps.")
+    w.add_argument("--truncation", type=float, default=None, metavar="PSI",
+                   help="truncation trick w_avg + PSI * (w - w_avg) toward the tracked w_avg: "
+                        "1 none, 0 the average image, 0.5-0.7 typical")
+    w.add_argument("--truncation-cutoff", type=int, default=None, metavar="K",
+                   help="truncate styles 0 .. K-1 only (default: all)")
+    w.add_argument("--mix", nargs=2, default=None, metavar=("SEEDS_A", "SEEDS_B"),
+                   help="style-mixing grid (e.g. --mix 1,2,3 10-13): top row the B images, "
+                        "left column the A images, cell (a, b) the styles of A with those of "
+                        "--mix-styles / --mix-cutoff taken from B; top-left tile black")
+    w.add_argument("--mix-styles", choices=("coarse", "middle", "fine"), default=None,
+                   help="styles taken from B, as in the StyleGAN papers (two per resolution): "
+                        "coarse = 4^2-8^2 (styles 0-3: pose, face shape), middle = 16^2-32^2 "
+                        "(4-7: features, hair), fine = 64^2 and up (8-: colours, micro "
+                        "structure); default coarse")
+    w.add_argument("--mix-cutoff", type=int, default=None, metavar="K",
+                   help="take styles 0 .. K-1 from B instead of a --mix-styles group")
+    w.add_argument("--interpolate", type=int, default=None, metavar="N",
+                   help="latent walk of N frames, one image each: linear interpolation in W "
+                        "between the (truncated) styles of --seeds, back to the first; "
+                        "--out .gif or .mp4 (needs imageio-ffmpeg)")
+    w.add_argument("--seeds", default=None,
+                   help="--interpolate: the seeds to walk through, e.g. 1,2,3 or 0-4")
+    w.add_argument("--fps", type=float, default=None,
+                   help="--interpolate: frames per second (24)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="a stylegan2 checkpoint's G_ema as one torch.export file")
+    p.add_argument("checkpoint", help="checkpoint dir, its 'latest' link, or a run directory")
+    p.add_argument("--out", default="G.pt2",
+                   help="output file (default G.pt2): a torch.export archive that torch alone "
+                        "loads, G(z (N, latent_dim), truncation_psi (0-dim tensor)) -> images "
+                        "in [-1, 1] with the constant noise; metadata in its scalegan.json")
+    p.add_argument("--truncation-cutoff", type=int, default=None, metavar="K",
+                   help="the exported G truncates styles 0 .. K-1 only (default: all)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="FID / KID / precision-recall of a checkpoint's G_ema")
     p.add_argument("checkpoint", help="checkpoint dir, its 'latest' link, or a run directory")

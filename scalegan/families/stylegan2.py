@@ -276,17 +276,21 @@ class StyleGAN2(NoiseToImage):
     def per_sample(self, seeds: torch.Tensor, numel: int, offset: int = 0) -> torch.Tensor:
         """(B, numel) N(0, 1) values, row i from seed ``seeds[i] + offset`` on the device."""
         device = self.svc.device
+        if device.type == "meta":  # shapes only (no generator, no seed values)
+            return torch.empty(len(seeds), numel, device=device)
         rows = []
         for s in seeds.tolist():
             gen = torch.Generator(device=device).manual_seed(s + offset)
             rows.append(torch.randn(numel, generator=gen, device=device))
         return torch.stack(rows)
 
-    def run_G(self, G, dr: Draws) -> tuple[torch.Tensor, torch.Tensor]:
-        """G's images and the (mixed) styles it read for draws ``dr``."""
+    def run_G(self, G, dr: Draws, ws_probe: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """G's images and the (mixed) styles it read for draws ``dr`` (``ws_probe``: see
+        :meth:`Generator.forward`)."""
         noise = self.per_sample(dr.seeds, self.noise_numel)
         return G(dr.z, return_ws=True, noise=noise, mix_z=dr.mix_z, mix_cutoff=dr.cutoff,
-                 update_w_avg=False)
+                 update_w_avg=False, ws_probe=ws_probe)
 
     @property
     def noise_numel(self) -> int:
@@ -298,7 +302,7 @@ class StyleGAN2(NoiseToImage):
     def track_w_avg(self, ws: torch.Tensor) -> None:
         """Move G's ``w_avg`` toward the mean ``w`` of the global batch (the unmixed first
         style of every rank's samples)."""
-        w = self.svc.gather(ws[:, 0].detach().float())
+        w = self.svc.gather(full(ws[:, 0].detach()))  # fp32 from bf16; fp64 stays
         self.svc.nets["G"].mapping.track(w)
 
     # -------------------------------------------------------------------------------- losses
@@ -327,10 +331,14 @@ class StyleGAN2(NoiseToImage):
     def pl_loss(self, nets, mb: StyleMicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
         """The path-length penalty (see the module docstring), scaled by its interval."""
         mc = self.mc
-        img, ws = self.run_G(nets["G"], mb.pl)
+        # d/dws through a zero probe G adds to its styles: the ws G returns are, under DDP or
+        # ZeRO-3, new tensors the image's graph does not reach
+        probe = torch.zeros(mb.pl.z.shape[0], mc.num_ws, mc.w_dim, dtype=mb.pl.z.dtype,
+                            device=mb.pl.z.device, requires_grad=True)
+        img, _ = self.run_G(nets["G"], mb.pl, ws_probe=probe)
         n, c, h, w = img.shape
         y = self.per_sample(mb.pl.seeds, c * h * w, offset=1).reshape(n, c, h, w) / (h * w) ** 0.5
-        (grad,) = torch.autograd.grad((full(img) * y).sum(), ws, create_graph=True)
+        (grad,) = torch.autograd.grad((full(img) * y).sum(), probe, create_graph=True)
         lengths = full(grad).square().sum(2).mean(1).sqrt()  # (n,)
         with torch.no_grad():
             mean = self.svc.gather(lengths.detach()).mean()
@@ -353,6 +361,16 @@ class StyleGAN2(NoiseToImage):
 
     # ------------------------------------------------------------------------------ sampling
 
+    latent_space = "w"
+    """`scalegan generate --truncation / --mix / --interpolate` and `scalegan export` work in
+    this family's intermediate latent space W (families without one lack the attribute)."""
+
+    STYLE_GROUPS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
+    """Style indices ``[first, last)`` of the published style-mixing groups (Karras et al. 2019,
+    section 3.1, two styles per resolution): coarse 4^2-8^2, middle 16^2-32^2, fine 64^2 up to
+    the image resolution (``None``: the last style). By index, as the published code mixes; in
+    StyleGAN2's layout the last style of a group also feeds the next resolution's up-conv."""
+
     def images(self, nets, z, cond, stage: Phase, stages: str = "final",
                truncation: float = 1.0, cutoff: int | None = None) -> torch.Tensor:
         """G's images for latents ``z`` with the fixed noise maps (``noise_mode="const"``, as
@@ -361,16 +379,75 @@ class StyleGAN2(NoiseToImage):
                          noise_mode="const")
 
     def generate(self, nets, num: int, seed: int, stage: Phase, options: dict) -> torch.Tensor:
+        """``num`` images from ``torch.randn(num, latent_dim)`` drawn with ``seed``; options
+        ``truncation`` (psi, default 1) and ``truncation_cutoff`` (the styles truncated,
+        default all)."""
         if options.get("stages") not in (None, "final"):
             raise ValueError("--stages all: model.arch=stylegan2 has a single stage")
         self.conditions(num, options)  # refuses --label / --embedding
         psi = options.get("truncation")
         psi = 1.0 if psi is None else float(psi)
+        cutoff = self.truncation_cutoff(options.get("truncation_cutoff"))
         batch = options.get("batch", 32)
         z = torch.randn(num, self.mc.latent_dim, generator=torch.Generator().manual_seed(seed))
         device = next(nets["G"].parameters()).device
-        return torch.cat([self.images(nets, zb.to(device), None, stage, truncation=psi)
+        return torch.cat([self.images(nets, zb.to(device), None, stage, truncation=psi,
+                                      cutoff=cutoff)
                           for zb in z.split(batch)])
+
+    def truncation_cutoff(self, cutoff: int | None) -> int | None:
+        """``cutoff`` checked against the model's styles (ValueError naming the option)."""
+        num_ws = self.mc.num_ws
+        if cutoff is not None and not 1 <= cutoff <= num_ws:
+            raise ValueError(f"--truncation-cutoff {cutoff}: expected 1 .. {num_ws} (the "
+                             f"number of styles of a {self.mc.resolution}^2 model)")
+        return cutoff
+
+    def seed_latents(self, seeds: list[int]) -> torch.Tensor:
+        """``(len(seeds), latent_dim)``: row ``i`` is ``torch.randn(1, latent_dim)`` drawn with
+        seed ``seeds[i]``, the first latent ``generate --seed seeds[i]`` draws."""
+        return torch.cat([torch.randn(1, self.mc.latent_dim,
+                                      generator=torch.Generator().manual_seed(s))
+                          for s in seeds])
+
+    def seed_ws(self, nets, seeds: list[int], truncation: float = 1.0,
+                cutoff: int | None = None) -> torch.Tensor:
+        """``(len(seeds), num_ws, w_dim)``: the styles of each seed's latent, truncated by
+        ``truncation`` toward ``w_avg`` (styles ``0 .. cutoff - 1`` only, with ``cutoff``).
+        One mapping call per seed, so a seed's styles are the same bits whatever other seeds
+        are listed with it (a matmul's sums may be ordered by its batch size)."""
+        G = nets["G"]
+        z = self.seed_latents(seeds).to(next(G.parameters()).device)
+        cutoff = self.truncation_cutoff(cutoff)
+        return torch.cat([G.mapping(zi, truncation_psi=truncation, truncation_cutoff=cutoff,
+                                    update_w_avg=False) for zi in z.split(1)])
+
+    def synthesize(self, nets, ws: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        """Images ``(N, C, R, R)`` of styles ``ws`` ``(N, num_ws, w_dim)`` with the fixed noise
+        maps, ``batch`` at a time."""
+        synthesis = nets["G"].synthesis
+        return torch.cat([synthesis(wb, noise_mode="const") for wb in ws.split(batch)])
+
+    def style_range(self, styles: str = "coarse", cutoff: int | None = None
+                    ) -> tuple[int, int]:
+        """``[first, last)``: the styles a mix takes from its second source; ``cutoff`` (styles
+        ``0 .. cutoff - 1``) overrides the group ``styles`` (:data:`STYLE_GROUPS`). ValueError
+        naming the option for a range the model does not have."""
+        num_ws = self.mc.num_ws
+        if cutoff is not None:
+            if not 1 <= cutoff <= num_ws:
+                raise ValueError(f"--mix-cutoff {cutoff}: expected 1 .. {num_ws} (the number "
+                                 f"of styles of a {self.mc.resolution}^2 model)")
+            return 0, cutoff
+        if styles not in self.STYLE_GROUPS:
+            raise ValueError(f"--mix-styles {styles}: expected coarse | middle | fine")
+        first, last = self.STYLE_GROUPS[styles]
+        last = num_ws if last is None else min(last, num_ws)
+        if first >= last:
+            raise ValueError(f"--mix-styles {styles}: a {self.mc.resolution}^2 model has "
+                             f"{num_ws} styles, none of them {styles} (styles {first} on, "
+                             f"64^2 and above); use coarse, middle or --mix-cutoff")
+        return first, last
 
 
 FAMILY = StyleGAN2

@@ -89,8 +89,10 @@ def _in_bf16(r: int, resolution: int, bf16_resolutions: int) -> bool:
 
 
 def _compute_dtype(device: torch.device, bf16: bool) -> torch.autocast:
-    """bf16 autocast in a block that computes in bf16 (a no-op context elsewhere)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    """bf16 autocast in a block that computes in bf16 (a no-op context elsewhere). On the meta
+    device (shapes only, as benchmarks/model_memory.py runs), which autocast refuses, the CPU's."""
+    device_type = "cpu" if device.type == "meta" else device.type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +310,8 @@ class _SynthesisLayer(nn.Module):
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.weight_gain = 1.0 / math.sqrt(in_channels * 9)
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        # shape (1,), not a 0-dim scalar: FSDP2's fully_shard refuses scalar parameters
+        self.noise_strength = nn.Parameter(torch.zeros(1))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
@@ -317,14 +320,17 @@ class _SynthesisLayer(nn.Module):
         styles = self.affine(w)  # (N, in)
         x = modulated_conv2d(x, self.weight * self.weight_gain, styles, demodulate=True,
                              up=self.up, impl=self.impl)  # (N, out, res, res)
+        # in x's dtype: the (1,)-shaped fp32 strength would otherwise promote a bf16 block's
+        # activations to fp32
+        strength = self.noise_strength.to(x.dtype)
         if noise is not None:  # given (N, 1, res, res) draws stand in for "random"
-            x = x + noise.to(x.dtype) * self.noise_strength
+            x = x + noise.to(x.dtype) * strength
         elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
                                 device=x.device, dtype=x.dtype)
-            x = x + noise * self.noise_strength
+            x = x + noise * strength
         elif noise_mode == "const":
-            x = x + self.noise_const.to(x.dtype) * self.noise_strength
+            x = x + self.noise_const.to(x.dtype) * strength
         return _bias_act(x, self.bias, "lrelu", self.conv_clamp)
 
     def extra_repr(self) -> str:
@@ -481,14 +487,18 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random",
                 return_ws: bool = False, truncation_cutoff: int | None = None, *,
                 noise: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,
-                mix_cutoff: torch.Tensor | None = None, update_w_avg: bool = True
+                mix_cutoff: torch.Tensor | None = None, update_w_avg: bool = True,
+                ws_probe: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Style mixing (training): ``mix_z`` ``(N, z_dim)`` second latents and ``mix_cutoff``
         ``(N,)`` integers in ``[1, num_ws]``: sample ``n`` takes the styles of ``mix_z[n]``
         from style ``mix_cutoff[n]`` on (``num_ws``: no mixing); both latents go through one
         mapping call, ``w_avg`` follows ``z``'s alone. ``noise``: see
         :meth:`SynthesisNetwork.forward`. The ``ws`` returned are the ones synthesis read
-        (mixed), for the path-length penalty."""
+        (mixed). ``ws_probe`` ``(N, num_ws, w_dim)`` zeros added to those styles: a loss's
+        gradient w.r.t. the probe is its gradient w.r.t. the styles (the path-length penalty),
+        taken through an input of the call, since a data-parallel wrapper (DDP, ZeRO-3) hands
+        back new output tensors that the graph of the image does not reach."""
         if mix_z is None:
             ws = self.mapping(z, truncation_psi=truncation_psi,
                               truncation_cutoff=truncation_cutoff,
@@ -501,6 +511,8 @@ class Generator(nn.Module):
             take = torch.arange(self.num_ws, device=ws.device)[None, :, None] \
                 >= mix_cutoff.to(ws.device)[:, None, None]  # (N, num_ws, 1)
             ws = torch.where(take, ws2, ws)
+        if ws_probe is not None:
+            ws = ws + ws_probe.to(ws.dtype)  # adds exact zeros: the same styles
         img = self.synthesis(ws, noise_mode=noise_mode, noise=noise)  # (N, C, R, R)
         return (img, ws) if return_ws else img
 
