@@ -14,7 +14,7 @@ DEMO_CFG  := configs/demo_faces32_pggan.yaml
 STACK_DATA := data/demo_faces64
 STACK_CFG  := configs/demo_faces64_stackgan.yaml
 
-.PHONY: demo demo-stackgan test install clean-demo
+.PHONY: demo demo-stackgan demo-stylegan2 test install clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ $(STACK_DATA)/index.json: | $(STAMP)
 demo-stackgan: $(STAMP) $(STACK_DATA)/index.json
 	$(BIN)/scalegan train $(STACK_CFG) $(ARGS)
 
+# StyleGAN2 (config F's losses and regularisers, narrowed) at 32^2 on the faces of `make demo`
+demo-stylegan2: $(STAMP) $(DEMO_DATA)/index.json
+	$(BIN)/scalegan train configs/demo_faces32_stylegan2.yaml $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean-demo:
-	rm -rf $(DEMO_DATA) runs/demo_faces32 $(STACK_DATA) runs/demo_faces64_stackgan
+	rm -rf $(DEMO_DATA) runs/demo_faces32 $(STACK_DATA) runs/demo_faces64_stackgan \
+		runs/demo_faces32_stylegan2
