@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, fp32, 3x3, "
           f"demodulate, median of {args.repeats}")
-    print(f"  {'N':>3} {'C_in->C_out':<9} {'H x W':<7} {'':<4}"
+    print(f"  {'N':>3} {'Cin->Cout':<10} {'H x W':<7} {'':<4}"
           f"{'fwd ref':>10}{'fwd cpu':>10}{'ratio':>9}{'f+b ref':>10}{'f+b cpu':>10}{'ratio':>9}"
           "   (ms; ratio = ref / cpu)")
     ratios = [compare(shape, args.repeats) for shape in SHAPES]

@@ -1,5 +1,7 @@
-"""modulated_conv2d: both paths against a per-sample float64 reference built from StyleGAN2's
-eq. 1-3, their gradients and double backward against autograd of ``ref``, and ``impl``.
+"""modulated_conv2d: the cpu and triton paths against a per-sample float64 reference built from
+StyleGAN2's eq. 1-3, their gradients and double backward against autograd of ``ref``, and
+``impl``. The triton cases (their tolerances are stated above them) run in Triton's interpreter
+without a GPU.
 
 The reference builds each sample's weight ``w''_n`` explicitly and convolves that sample alone;
 for ``up=2`` it writes the transposed convolution as what it is (zero insertion, then
@@ -142,10 +144,21 @@ def test_padding_for_up1():
         modulated_conv2d(x, weight, styles, up=2, padding=1)
 
 
-def test_triton_raises_naming_the_available_impls():
+def test_unknown_impl_raises_naming_the_available_impls():
     x, weight, styles = _inputs((1, 2, 2, 4, 4), 3, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"triton.*auto \| ref \| cpu"):
-        modulated_conv2d(x, weight, styles, impl="triton")
+    with pytest.raises(ValueError, match=r"impl='fast'.*auto \| ref \| cpu \| triton"):
+        modulated_conv2d(x, weight, styles, impl="fast")
+
+
+def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    x, weight, styles = _inputs((1, 2, 2, 4, 4), 3, dtype=torch.float32)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if _impl.triton_available():
+        with pytest.raises(RuntimeError, match="needs CUDA tensors, or TRITON_INTERPRET=1"):
+            modulated_conv2d(x, weight, styles, impl="triton")
+    else:
+        with pytest.raises(RuntimeError, match="needs the triton package"):
+            modulated_conv2d(x, weight, styles, impl="triton")
 
 
 def test_auto_follows_the_table(monkeypatch):
@@ -164,3 +177,257 @@ def test_auto_follows_the_table(monkeypatch):
         _impl.AutoChoice("modulated_conv2d", "*", "*", "ref", "a table naming the ref path"),))
     modulated_conv2d(x, weight, styles)
     assert called == [row.impl, "ref"]
+
+
+# --------------------------------------------------------------------------------------- Triton
+#
+# Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set in
+# conftest); with one, compiled on CUDA tensors with fp32 dots held to "ieee" (no TF32). The
+# interpreter computes fp32 dots exactly in fp32 and the bf16 path with exact products and fp32
+# sums (as a tensor core), so the forward tolerances are the cpu path's (TOLERANCE above: the
+# bf16 path rounds x * s, the output and the blur to bf16). Gradients: in float64 (the kernel
+# takes float64 under the interpreter only) both paths are exact up to summation order, 1e-9;
+# in fp32 the backward and double backward chain a few fp32 convolutions and sums, each ~1e-7 of
+# the magnitudes: (atol 1e-5 of max |reference|, rtol 1e-4); bf16 first-order gradients round
+# the scaled gradient, the scaled input and each result to bf16 (a few u = 2^-9): (3e-2, 3e-2).
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not _impl.triton_available(), reason="triton is not installed")
+# (N, C_in, C_out, H, W): minimal, odd / prime, larger
+TRITON_SHAPES = [(1, 1, 1, 4, 4), (3, 5, 7, 7, 7), (2, 32, 48, 16, 16)]
+TRITON_IDS = ["x".join(map(str, s)) for s in TRITON_SHAPES]
+
+
+def _triton(x, weight, styles, demodulate=True, up=1):
+    return modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up, impl="triton")
+
+
+def _triton_direct(x, weight, styles, demodulate=True, up=1):
+    """The triton path without the dispatch (which sends float64 to the cpu path)."""
+    return mc.modulated_conv2d_triton(x, weight, styles, demodulate=demodulate, up=up)
+
+
+def _grads_of(fn, x, weight, styles, demodulate, up, r):
+    """``_grads`` for any function of ``(x, weight, styles, demodulate, up)``."""
+    x, weight, styles = (t.detach().requires_grad_(True) for t in (x, weight, styles))
+    y = fn(x, weight, styles, demodulate, up)
+    first = torch.autograd.grad((r.to(y.dtype) * y).sum(), (x, weight, styles))
+    y = fn(x, weight, styles, demodulate, up)
+    (gx,) = torch.autograd.grad((r.to(y.dtype) * y.square()).sum(), x, create_graph=True)
+    second = torch.autograd.grad(gx.square().sum(), (x, weight, styles))
+    return first, second
+
+
+def _ref_fn(x, weight, styles, demodulate, up):
+    return mc.modulated_conv2d_ref(x, weight, styles, demodulate=demodulate, up=up)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("demodulate", [True, False], ids=["demod", "nodemod"])
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize("shape", TRITON_SHAPES, ids=TRITON_IDS)
+def test_triton_forward_matches_per_sample_reference(shape, k, up, demodulate, dtype):
+    x, weight, styles = (t.to(DEVICE) for t in _inputs(shape, k, dtype))
+    want = reference(x.double(), weight.double(), styles.double(), demodulate, up)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        got = _triton(x, weight, styles, demodulate, up)
+    n, _, c_out, h, w = shape
+    assert got.shape == (n, c_out, up * h, up * w) and got.dtype == dtype
+    atol, rtol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=rtol,
+                               atol=atol * want.abs().max().item())
+
+
+def _compare_grads(got, want, atol, rtol, floor=0.0):
+    for order, g_order, w_order in zip(("first", "double"), got, want, strict=False):
+        for name, g, ref in zip(("x", "weight", "styles"), g_order, w_order, strict=True):
+            scale = ref.abs().max().item()
+            assert scale > 0, f"{order} grad {name} vanished: the test would not see errors"
+            assert g.dtype == ref.dtype or g.dtype in (torch.float32, torch.bfloat16)
+            torch.testing.assert_close(g.double().cpu(), ref, rtol=rtol,
+                                       atol=atol * scale + floor,
+                                       msg=lambda m, o=order, nm=name: f"{o} grad {nm}: {m}")
+
+
+# every (k, up, demodulate) on the minimal and the odd shape; the larger one at 3x3, demodulated
+GRAD_CASES = ([(s, k, up, dm) for s in TRITON_SHAPES[:2] for k in (3, 1) for up in (1, 2)
+               for dm in (True, False)]
+              + [(TRITON_SHAPES[2], 3, up, True) for up in (1, 2)])
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE != "cpu", reason="float64 runs in the interpreter only; on a GPU "
+                    "test_triton_gradients_fp32 checks the same gradients")
+@pytest.mark.parametrize("shape, k, up, demodulate", GRAD_CASES,
+                         ids=[f"{'x'.join(map(str, c[0]))}-k{c[1]}-up{c[2]}-"
+                              f"{'demod' if c[3] else 'nodemod'}" for c in GRAD_CASES])
+def test_triton_gradients_and_double_backward_float64(shape, k, up, demodulate):
+    x, weight, styles = _inputs(shape, k, seed=1)
+    n, _, c_out, h, w = shape
+    r = torch.randn(n, c_out, up * h, up * w, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(2))
+    got = _grads_of(_triton_direct, x, weight, styles, demodulate, up, r)
+    want = _grads_of(_ref_fn, x, weight, styles, demodulate, up, r)
+    # the 1e-12 floor as in test_gradients_and_double_backward_match_ref (one input channel)
+    _compare_grads(got, want, 1e-9, 1e-9, floor=1e-12)
+
+
+@needs_triton
+@pytest.mark.parametrize("demodulate", [True, False], ids=["demod", "nodemod"])
+@pytest.mark.parametrize("up", [1, 2])
+def test_triton_gradients_fp32(up, demodulate):
+    """Through the public dispatch in fp32: first-order gradients and the double backward."""
+    shape, k = TRITON_SHAPES[1], 3
+    x, weight, styles = (t.to(DEVICE) for t in _inputs(shape, k, torch.float32, seed=5))
+    n, _, c_out, h, w = shape
+    r = torch.randn(n, c_out, up * h, up * w, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        got = _grads_of(_triton, x, weight, styles, demodulate, up, r)
+    want = _grads_of(_ref_fn, *(t.double().cpu() for t in (x, weight, styles)), demodulate, up,
+                     r.cpu())
+    assert all(g.dtype == torch.float32 for order in got for g in order)
+    _compare_grads(got, want, 1e-5, 1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("up", [1, 2])
+def test_triton_gradients_bf16(up):
+    """bf16 first-order gradients (the double backward's deeper bf16 chain is checked in fp32
+    and float64) against the float64 reference of the same rounded inputs."""
+    shape, k = TRITON_SHAPES[1], 3
+    x, weight, styles = (t.to(DEVICE) for t in _inputs(shape, k, torch.bfloat16, seed=7))
+    n, _, c_out, h, w = shape
+    r = torch.randn(n, c_out, up * h, up * w, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, styles)]
+    got = torch.autograd.grad((r.to(torch.bfloat16) * _triton(*leaves, up=up)).sum(), leaves)
+    assert all(g.dtype == torch.bfloat16 for g in got)
+    ref_leaves = [t.detach().double().cpu().requires_grad_(True) for t in (x, weight, styles)]
+    want = torch.autograd.grad((r.cpu() * _ref_fn(*ref_leaves, True, up)).sum(), ref_leaves)
+    _compare_grads((got,), (want,), 3e-2, 3e-2)
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE != "cpu", reason="float64 runs in the interpreter only")
+@pytest.mark.parametrize("up", [1, 2])
+def test_triton_gradcheck_and_gradgradcheck_float64(up):
+    """The interpreter computes float64 ``tl.dot`` (numpy), so the kernel path is checked by
+    finite differences to the second order (``fast_mode``: random projections, the interpreter
+    being slow)."""
+    x, weight, styles = (t.requires_grad_(True) for t in _inputs((2, 2, 3, 3, 3), 3, seed=3))
+
+    def fn(x, weight, styles):
+        y = _triton_direct(x, weight, styles, up=up)
+        return y * y
+
+    assert torch.autograd.gradcheck(fn, (x, weight, styles), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, weight, styles), fast_mode=True)
+
+
+@needs_triton
+def test_triton_float64_runs_the_cpu_path_through_the_dispatch(monkeypatch):
+    x, weight, styles = _inputs((2, 3, 4, 5, 5), 3)
+    called = []
+    real = mc.modulated_conv2d_cpu
+    monkeypatch.setattr(mc, "modulated_conv2d_cpu",
+                        lambda *a, **kw: called.append("cpu") or real(*a, **kw))
+    modulated_conv2d(x.to(DEVICE), weight.to(DEVICE), styles.to(DEVICE), impl="triton")
+    assert called == ["cpu"]
+
+
+@needs_triton
+def test_triton_refuses_padding_outside_the_kernel_modes():
+    x, weight, styles = (t.to(DEVICE) for t in _inputs((1, 2, 2, 5, 5), 3, torch.float32))
+    with pytest.raises(ValueError, match=r"padding in \[0, 2\]"):
+        modulated_conv2d(x, weight, styles, padding=3, impl="triton")
+    y = modulated_conv2d(x, weight, styles, padding=0, impl="triton")
+    want = reference(x.double(), weight.double(), styles.double(), True, 1)[..., 1:-1, 1:-1]
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=2e-5 * want.abs().max().item())
+
+
+@needs_triton
+def test_triton_under_autocast_computes_in_bf16_and_keeps_grad_dtypes():
+    x, weight, styles = (t.to(DEVICE) for t in _inputs((2, 5, 7, 6, 6), 3, torch.float32))
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, styles)]
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = modulated_conv2d(*leaves, impl="triton")
+    assert y.dtype == torch.bfloat16
+    grads = torch.autograd.grad(y.float().sum(), leaves)
+    assert all(g.dtype == torch.float32 for g in grads)
+    ref_leaves = [t.detach().double().cpu().requires_grad_(True) for t in (x, weight, styles)]
+    want_y = reference(*ref_leaves, True, 1)
+    want = torch.autograd.grad(want_y.sum(), ref_leaves)
+    # the inputs are rounded to bf16 inside the op (not beforehand): a few more roundings than
+    # the bf16 cases above, within the same (3e-2, 3e-2)
+    atol, rtol = TOLERANCE[torch.bfloat16]
+    for got, ref in zip((y, *grads), (want_y, *want), strict=True):
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=rtol,
+                                   atol=atol * ref.abs().max().item())
+
+
+# ------------------------------------------------------------- launches on meta tensors (no run)
+
+class _Recorder:
+    """Stands in for the autotuned kernel and its ``.fn``: records ``kernel[grid](*args,
+    **kwargs)`` (autotuned: a grid function of the config) and ``kernel.fn[grid](...)``."""
+
+    def __init__(self, kernel):
+        self.configs = kernel.configs
+        self.fn = self
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            grids = ([grid({**kwargs, **c.all_kwargs()}) for c in self.configs]
+                     if callable(grid) else [grid])
+            self.launches.append((grids, args, kwargs))
+        return launch
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    kernels = importlib.import_module("scalegan.kernels.modulated_conv2d")
+    rec = _Recorder(kernels._scaled_conv2d_kernel)
+    monkeypatch.setattr(kernels, "_scaled_conv2d_kernel", rec)
+    return kernels, rec
+
+
+@needs_triton
+def test_aot_launches_reach_every_mode_and_flag(recorder):
+    """What the AOT compile test (tests/ops/test_aot_compile.py) compiles: every kernel mode the
+    backward and double backward use, with and without each scale, every dtype and dot
+    precision, int64 offsets where 2^31 elements are reached, grids within CUDA's limits."""
+    kernels, rec = recorder
+    for launch in kernels.aot_launches():
+        launch()
+    assert kernels.TENSOR_CORE_KERNELS == ("_scaled_conv2d_kernel",)
+    seen: dict = {}
+    for grids, args, kwargs in rec.launches:
+        seen.setdefault("mode", set()).add((kwargs["STRIDE"], kwargs["UP"]))
+        seen.setdefault("dtype", set()).add(args[0].dtype)
+        for key in ("KSIZE", "HAS_IN_SCALE", "HAS_OUT_SCALE", "INT64", "INPUT_PRECISION"):
+            seen.setdefault(key, set()).add(kwargs[key])
+        x, y = args[0], args[4]
+        assert kwargs["INT64"] == (max(x.numel(), y.numel()) >= 2**31)
+        for grid in grids:
+            assert 0 < grid[0] < 2**31 and 0 < grid[1] <= 65535, grid
+    assert seen["mode"] == {(1, 1), (2, 1), (1, 2)}
+    assert seen["dtype"] == {torch.float32, torch.bfloat16, torch.float16}
+    assert seen["KSIZE"] == {1, 3}
+    assert seen["INPUT_PRECISION"] == {"tf32", "ieee"}
+    for flag in ("HAS_IN_SCALE", "HAS_OUT_SCALE", "INT64"):
+        assert seen[flag] == {True, False}, flag
+
+
+@needs_triton
+def test_grid_beyond_cuda_limits_is_refused(recorder):
+    kernels, _ = recorder
+    # 64 * 65536 + 1 output channels: more than 65535 blocks of 64 on grid axis 1
+    x = torch.empty(1, 1, 1, 1, device="meta")
+    w = torch.empty(64 * 65536 + 1, 1, 1, 1, device="meta")
+    with pytest.raises(ValueError, match="exceeds CUDA's limits"):
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            kernels.scaled_conv2d_forward(x, w, None, None)
