@@ -1,0 +1,103 @@
+"""StyleGAN2 against PGGAN on the built-in faces, each at its own demo config, in one process.
+
+Packs the 100 built-in faces at 32^2, trains `configs/demo_faces32_pggan.yaml` (8^2 -> 32^2) and
+`configs/demo_faces32_stylegan2.yaml` (32^2 throughout) for the kimg their configs give (the
+demo budget: each under 10 minutes on 2 cores; ``--kimg`` overrides both), then measures the
+random-feature FID (`scalegan.metrics.features.RandomConvFeatures`, 500 samples of G_ema, no
+truncation, against all 100 faces). Writes both sample grids into ``--out``. The last line is
+StyleGAN2's FID over PGGAN's (below 1: StyleGAN2 is the better).
+
+    python benchmarks/stylegan2_demo_fid.py [--kimg K] [--threads 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from scalegan.config import load_config
+from scalegan.data.demo import pack_demo
+from scalegan.data.pipeline import decode_sample, expand_shards
+from scalegan.metrics.features import RandomConvFeatures
+from scalegan.metrics.fid import fid_from_features
+from scalegan.monitor.grid import save_grid
+from scalegan.train.schedule import Phase
+from scalegan.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 500
+
+
+def faces(shards: Path, resolution: int) -> torch.Tensor:
+    """Every face of the pack, (N, 1, R, R) in [-1, 1] (the demo models are grayscale)."""
+    images = [decode_sample(s, resolution) for url in expand_shards(str(shards))
+              for s in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return x.mean(1, keepdim=True)
+
+
+def train(config: str, shards: Path, runs: Path, kimg: float | None) -> tuple[Trainer, float]:
+    extra = [] if kimg is None else [f"train.total_kimg={kimg}"]
+    cfg = load_config(ROOT / config, [
+        f"data.shards={shards}", f"runs_dir={runs}", "log.wandb=disabled",
+        "log.progress=false", "checkpoint.every_kimg=1000", *extra])
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    trainer.train()
+    trainer.close()
+    return trainer, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def samples(trainer: Trainer, n: int, seed: int) -> torch.Tensor:
+    """``n`` images of the trained G_ema from latents of ``seed`` (the family's own sampling)."""
+    family, mc = trainer.family, trainer.cfg.model
+    z = torch.randn(n, mc.latent_dim, generator=torch.Generator().manual_seed(seed))
+    nets = {name: trainer.ema[name] for name in family.ema}
+    phase = Phase(mc.resolution, 1.0)
+    return torch.cat([family.images(nets, zb, None, phase) for zb in z.split(100)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kimg", type=float, default=None,
+                        help="images shown to each, x1000 (default: each config's total_kimg)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("stylegan2_demo"),
+                        help="directory for the two sample grids")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    extractor = RandomConvFeatures()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pack_demo(tmp / "faces32", resolution=32)
+        real = extractor(faces(tmp / "faces32", 32)).numpy()
+        for name, config in (("pggan", "configs/demo_faces32_pggan.yaml"),
+                             ("stylegan2", "configs/demo_faces32_stylegan2.yaml")):
+            trainer, seconds = train(config, tmp / "faces32", tmp, args.kimg)
+            images = samples(trainer, SAMPLES, seed=2024)
+            save_grid(images[:64], args.out / f"{name}.png", ncols=8)
+            kimg = trainer.images_seen / 1000
+            results[name] = (fid_from_features(real, extractor(images).numpy()), seconds, kimg)
+
+    print(f"random-feature FID ({SAMPLES} samples of G_ema, 100 real faces, 32x32); grids in "
+          f"{args.out}/")
+    print("| model | kimg | train time | FID |")
+    print("|---|---|---|---|")
+    for name, (fid, seconds, kimg) in results.items():
+        print(f"| {name} | {kimg:g} | {seconds:.0f} s | {fid:.3f} |")
+    ratio = results["stylegan2"][0] / results["pggan"][0]
+    print(f"StyleGAN2 / PGGAN random-feature FID on the built-in faces: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
