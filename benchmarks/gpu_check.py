@@ -10,10 +10,12 @@ Three sections, one JSON file (``--out``) and a printed table:
    256^2 -> 512^2 (a 1024^2-class shape), forward and forward+backward; ``minibatch_stddev``
    at D's last block 16x512x4x4 and ``minibatch_discrimination`` at N=512 A=256 B=64 C=16,
    forward, forward+backward and forward+backward+double backward (R1 / WGAN-GP differentiate
-   D's input gradient). Dtypes: bf16, fp32 with TF32 off and fp32 with TF32 on (cuDNN and cuBLAS
-   flags together). Each figure is the median over ``--repeats`` rounds of one path's time per
-   call, from CUDA events around a batch of calls (enough calls to last ~2 ms), the paths
-   taking turns within each round (the order rotated per round). ``ref / triton`` and
+   D's input gradient); ``modulated_conv2d`` at StyleGAN2's 512-channel 32^2 layer, its up=2
+   layer 16^2 -> 32^2 and a 64-channel 256^2 layer, the same three modes (path length and R1
+   differentiate through it). Dtypes: bf16, fp32 with TF32 off and fp32 with TF32 on (cuDNN
+   and cuBLAS flags together). Each figure is the median over ``--repeats`` rounds of one
+   path's time per call, from CUDA events around a batch of calls (enough calls to last ~2 ms),
+   the paths taking turns within each round (the order rotated per round). ``ref / triton`` and
    ``cpu / triton`` are the ratios to read (> 1: Triton is faster). Each case where Triton is
    the fastest path gets a suggested ``AutoChoice`` row for ``scalegan.ops._impl.AUTO_TABLE``
    (evidence: GPU, dtype, mode, shape, ratios).
@@ -278,11 +280,39 @@ def _mbdisc_case(n: int, a: int, b: int, c: int) -> OpCase:
                   ("fwd", "fwd+bwd", "fwd+bwd+2bwd"), make, run)
 
 
+def _modconv_case(n: int, c: int, h: int, up: int) -> OpCase:
+    from scalegan.ops import modulated_conv2d
+
+    def make(device, dtype, gen):
+        x = _leaf(torch.randn(n, c, h, h, generator=gen), device, dtype)
+        w = _leaf(torch.randn(c, c, 3, 3, generator=gen), device, dtype)
+        s = _leaf(torch.randn(n, c, generator=gen) + 1, device, dtype)
+        gy = torch.randn(n, c, up * h, up * h, generator=gen).to(device, dtype)
+        return x, w, s, gy
+
+    def run(impl, inputs, mode):
+        x, w, s, gy = inputs
+        if mode == "fwd":
+            with torch.no_grad():
+                return modulated_conv2d(x, w, s, up=up, impl=impl)
+        y = modulated_conv2d(x, w, s, up=up, impl=impl)
+        if mode == "fwd+bwd":
+            return torch.autograd.grad(y, (x, w, s), gy)
+        # R1 / path length differentiate the input gradient
+        (gx,) = torch.autograd.grad(y, x, gy, create_graph=True)
+        return torch.autograd.grad(gx.float().square().sum(), (x, w, s))
+
+    return OpCase("modulated_conv2d", f"{n}x{c}x{h}x{h} up={up}", "*",
+                  ("fwd", "fwd+bwd", "fwd+bwd+2bwd"), make, run)
+
+
 def op_cases(smoke: bool) -> list[OpCase]:
     if smoke:  # every op and mode at sizes Triton's interpreter runs in milliseconds
-        return [_upsample_case(1, 3, 5), _stddev_case(4, 8, 2), _mbdisc_case(8, 6, 3, 4)]
+        return [_upsample_case(1, 3, 5), _stddev_case(4, 8, 2), _mbdisc_case(8, 6, 3, 4),
+                _modconv_case(2, 3, 4, 1), _modconv_case(2, 3, 4, 2)]
     return [_upsample_case(8, 128, 64), _upsample_case(4, 32, 256), _stddev_case(16, 512, 4),
-            _mbdisc_case(512, 256, 64, 16)]
+            _mbdisc_case(512, 256, 64, 16), _modconv_case(8, 512, 32, 1),
+            _modconv_case(8, 512, 16, 2), _modconv_case(4, 64, 256, 1)]
 
 
 class Timer:

@@ -19,7 +19,7 @@ from scalegan.ops._impl import AutoChoice
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-OPS = {"upsample_conv2d", "minibatch_stddev", "minibatch_discrimination"}
+OPS = {"upsample_conv2d", "minibatch_stddev", "minibatch_discrimination", "modulated_conv2d"}
 
 
 def _load_module():
