@@ -72,8 +72,8 @@ AUTO_TABLE: tuple[AutoChoice, ...] = (
                "backward's graph too) where the cpu path stays within ELEMENT_BUDGET"),
     AutoChoice("modulated_conv2d", "cpu", "*", "cpu",
                "2026-12-03, benchmarks/modulated_conv2d.py (fp32, 2 threads, N=8, 3x3, "
-               "demodulated, median of 5): ref / cpu forward+backward 1.30-10.5x (256->256 at "
-               "16x16 and 32x32, 512->512 at 8x8, up=1 and up=2), forward 1.16-8.2x"),
+               "demodulated, median of 5): ref / cpu forward+backward 1.26-10.8x (256->256 at "
+               "16x16 and 32x32, 512->512 at 8x8, up=1 and up=2), forward 1.13-9.5x"),
     AutoChoice("modulated_conv2d", "*", "*", "cpu",
                "no GPU measurement; one shared-weight convolution instead of N * C_out "
                "per-sample weights in a grouped one"),
