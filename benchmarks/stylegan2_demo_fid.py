@@ -17,13 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import webdataset as wds
+from stackgan_demo_fid import faces  # every face of the pack, grayscale, in [-1, 1]
 
 from scalegan.config import load_config
 from scalegan.data.demo import pack_demo
-from scalegan.data.pipeline import decode_sample, expand_shards
 from scalegan.metrics.features import RandomConvFeatures
 from scalegan.metrics.fid import fid_from_features
 from scalegan.monitor.grid import save_grid
@@ -32,14 +30,6 @@ from scalegan.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 500
-
-
-def faces(shards: Path, resolution: int) -> torch.Tensor:
-    """Every face of the pack, (N, 1, R, R) in [-1, 1] (the demo models are grayscale)."""
-    images = [decode_sample(s, resolution) for url in expand_shards(str(shards))
-              for s in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())]
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return x.mean(1, keepdim=True)
 
 
 def train(config: str, shards: Path, runs: Path, kimg: float | None) -> tuple[Trainer, float]:
