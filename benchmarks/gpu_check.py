@@ -298,9 +298,10 @@ def _modconv_case(n: int, c: int, h: int, up: int) -> OpCase:
         y = modulated_conv2d(x, w, s, up=up, impl=impl)
         if mode == "fwd+bwd":
             return torch.autograd.grad(y, (x, w, s), gy)
-        # R1 / path length differentiate the input gradient
+        # R1 / path length differentiate the input gradient; it does not depend on x (the op
+        # is linear in x), so the second pass goes to the weight and the styles
         (gx,) = torch.autograd.grad(y, x, gy, create_graph=True)
-        return torch.autograd.grad(gx.float().square().sum(), (x, w, s))
+        return torch.autograd.grad(gx.float().square().sum(), (w, s))
 
     return OpCase("modulated_conv2d", f"{n}x{c}x{h}x{h} up={up}", "*",
                   ("fwd", "fwd+bwd", "fwd+bwd+2bwd"), make, run)

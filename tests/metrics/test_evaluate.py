@@ -114,8 +114,10 @@ def test_two_ranks_give_the_numbers_of_one_process(demo_run, tmp_path, num_real)
                       tmp_path=tmp_path)
     assert single["num_real"] == (num_real or 100) and single["num_fake"] == 37
     for result in ranks:
+        # fp32 features of other batch splits: the convolutions' sums run in another order
+        # (measured up to 1.4e-6 on unit-scale features)
         torch.testing.assert_close(result["real_features"], single["real_features"], rtol=0,
-                                   atol=1e-6)
+                                   atol=1e-5)
         for key in ("fid", "kid", "kid_std", "precision", "recall", "num_real", "num_fake"):
             assert result[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
 
