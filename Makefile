@@ -43,7 +43,7 @@ demo-stylegan2: $(STAMP) $(DEMO_DATA)/index.json
 	$(BIN)/scalegan train configs/demo_faces32_stylegan2.yaml $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) runs/demo_faces32 $(STACK_DATA) runs/demo_faces64_stackgan \
