@@ -39,9 +39,11 @@ def demo_faces() -> np.ndarray:
 
 
 def pack_demo(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25,
-              **options: Any) -> PackSummary:
+              holdout: int | float | None = None, **options: Any) -> PackSummary:
     """Pack :func:`demo_faces` into WebDataset shards in ``out`` (sources ``lfw_subset/000``...).
 
+    ``holdout``: a count or a fraction of the 100 faces to write to ``out/holdout`` instead,
+    chosen by the SHA-256 of their source names (see :func:`~scalegan.data.pack.pack_folder`).
     ``options``: :func:`~scalegan.data.pack.pack_arrays`'s keywords for the stored levels and
     how to run (``min_resolution``, ``encoding``, ``jpeg_quality``, ``workers``, ``progress``),
     as for every demo set here.
@@ -49,7 +51,7 @@ def pack_demo(out: str | os.PathLike, resolution: int = 32, shard_size: int = 25
     faces = demo_faces()
     names = [f"lfw_subset/{i:03d}" for i in range(len(faces))]
     return pack_arrays(list(faces), out, resolution, shard_size=shard_size, names=names,
-                       **options)
+                       holdout=holdout, **options)
 
 
 # -------------------------------------------------------------- built-in splits with held-out sets

@@ -30,9 +30,18 @@ carries: ``"label"``, ``"attributes"`` (all vectors of length ``"attribute_dim"`
 ``{"path", "reason"}`` per unreadable file. A source path whose bytes are not valid UTF-8 is
 stored with those bytes escaped as ``\\xNN`` (also the key for it in a labels file).
 
-OUT holds nothing else: a pack is built in a directory beside OUT (``.OUT.packing-PID``) and
-swapped in for OUT only when complete (an atomic exchange on Linux), so an interrupted pack
-leaves the previous one untouched. A non-empty OUT holding other files is refused.
+With ``holdout`` (``--holdout N``), the N sources with the smallest SHA-256 of their source name
+(:mod:`scalegan.data.holdout`) are chosen before any image is read and written, in source order,
+to ``OUT/holdout/``: a complete pack of its own (index.json, shards, rR/ levels; the same
+resolution, levels, encoding and labels), whose index.json adds ``"holdout_of": ".."``. OUT holds
+only the other images, and its index.json adds ``"holdout": {"dir": "holdout", "num_samples"}``.
+A chosen source that cannot be read is skipped (listed in the holdout's ``"skipped"``), so the
+held-out set is that much smaller; no other image takes its place.
+
+OUT holds nothing else: a pack (with its held-out set) is built in a directory beside OUT
+(``.OUT.packing-PID``) and swapped in for OUT only when complete (an atomic exchange on Linux), so
+an interrupted pack leaves the previous one untouched. A non-empty OUT holding other files is
+refused; a previous held-out set is replaced (or removed) with the rest of OUT.
 
 Images are read, resized, reduced and encoded in ``workers`` processes; the main process writes
 the samples in source order, so the output is deterministic: packing the same input twice, with
@@ -66,6 +75,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from scalegan.data.holdout import HOLDOUT_DIR, held_out
 from scalegan.fs import fsync_dir
 
 __all__ = [
@@ -121,8 +131,8 @@ _MEMBERS = {"png": "png", "rgb": "rgb", "jpeg": "jpg"}
 # while keeping the ordered results flowing for large ones. Fixed, so output never depends on it.
 _CHUNK_SIZE = 16
 # The only entries an existing OUT may hold (it is replaced as a whole): shards and index.json,
-# the rR/ directories of smaller levels (holding only shards), plus the temp files that versions
-# building in place left behind when interrupted.
+# the rR/ directories of smaller levels (holding only shards), a holdout/ directory holding the
+# same, plus the temp files that versions building in place left behind when interrupted.
 _SHARD_RE = re.compile(r"^[0-9]{6,}\.tar$")
 _LEVEL_DIR_RE = re.compile(r"^r[1-9][0-9]*$")
 _LEGACY_TMP_RE = re.compile(r"^\.[0-9]{6,}\.tar\.tmp$|^\.index\.json\.tmp$")
@@ -150,7 +160,11 @@ class PackError(ValueError):
 
 @dataclass
 class PackSummary:
-    """What a pack run produced (mirrors ``OUT/index.json`` plus the output directory)."""
+    """What a pack run produced (mirrors ``OUT/index.json`` plus the output directory).
+
+    ``holdout`` is the summary of the held-out pack in ``OUT/holdout`` (its ``skipped``: the
+    chosen sources that could not be read), or None when nothing was held out.
+    """
 
     num_samples: int
     resolution: int
@@ -159,19 +173,35 @@ class PackSummary:
     out_dir: str = ""
     # index.json's "levels": [{"resolution", "encoding", ["jpeg_quality"], "shards", "bytes"}]
     levels: list[dict] = field(default_factory=list)
+    holdout: PackSummary | None = None
+
+    @property
+    def num_holdout(self) -> int:
+        """Images written to the held-out pack (0 when nothing was held out)."""
+        return 0 if self.holdout is None else self.holdout.num_samples
 
     def to_text(self) -> str:
-        """Human-readable summary: counts, one line for the stored levels, one per skipped file."""
+        """Human-readable summary: counts, the held-out set, one line for the stored levels, one
+        per skipped file."""
         lines = [
             f"{_plural(self.num_samples, 'sample')} in {_plural(len(self.shards), 'shard')} "
             f"at {self.resolution}x{self.resolution}, {len(self.skipped)} skipped -> {self.out_dir}"
         ]
+        held = self.holdout
+        if held is not None:
+            chosen = held.num_samples + len(held.skipped)
+            lines.append(
+                f"  + {held.num_samples} held out in {_plural(len(held.shards), 'shard')} -> "
+                f"{held.out_dir}" + (f" ({len(held.skipped)} of the {chosen} chosen unreadable)"
+                                     if held.skipped else ""))
         if self.levels:
             lines.append("  levels: " + ", ".join(
                 f"{lv['resolution']} {lv['encoding']}"
                 + (f" q{lv['jpeg_quality']}" if "jpeg_quality" in lv else "")
                 + f" ({_megabytes(lv['bytes'])})" for lv in self.levels))
         lines += [f"  skipped {s['path']}: {s['reason']}" for s in self.skipped]
+        if held is not None:
+            lines += [f"  skipped {s['path']} (held out): {s['reason']}" for s in held.skipped]
         return "\n".join(lines)
 
 
@@ -249,6 +279,42 @@ def _check_fit(fit: Any) -> str:
     if fit not in FITS:
         raise PackError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     return fit
+
+
+def _holdout_count(holdout: Any, num_images: int) -> int:
+    """How many of ``num_images`` images ``holdout`` holds out: a count (int >= 1), or a fraction
+    in (0, 1) of them, rounded to the nearest (halves to even) and at least 1. PackError naming
+    the value unless at least one image is left to train on."""
+    if _is_int(holdout):
+        count = int(holdout)
+        if count < 1:
+            raise PackError(f"--holdout {holdout!r}: a count of images must be >= 1 (or give a "
+                            f"fraction in (0, 1))")
+    elif isinstance(holdout, (float, np.floating)) and 0.0 < holdout < 1.0:
+        count = max(1, round(float(holdout) * num_images))
+    else:
+        raise PackError(f"--holdout {holdout!r}: give a count of images (an integer >= 1) or a "
+                        f"fraction in (0, 1)")
+    if count >= num_images:
+        raise PackError(f"--holdout {holdout!r} holds out {count} of the "
+                        f"{_plural(num_images, 'image')}, leaving none to train on; hold out "
+                        f"fewer than {num_images}")
+    return count
+
+
+def _choose_holdout(holdout: Any, sources: list[str]) -> frozenset[str] | None:
+    """The sources ``holdout`` keeps out of training (see :func:`_holdout_count`), None for no
+    held-out set. The choice is by name, so every name must be unique."""
+    if holdout is None:
+        return None
+    count = _holdout_count(holdout, len(sources))
+    seen: set[str] = set()
+    for source in sources:
+        if source in seen:
+            raise PackError(f"--holdout chooses images by their source name, but "
+                            f"{source!r} names more than one image")
+        seen.add(source)
+    return held_out(sources, count)
 
 
 def _check_shard_size(shard_size: Any) -> int:
@@ -681,9 +747,11 @@ def _is_ours(entry: os.DirEntry) -> bool:
         or bool(_LEGACY_TMP_RE.match(entry.name)))
 
 
-def _foreign_entries(out: Path) -> list[str]:
+def _foreign_entries(out: Path, holdout: bool = True) -> list[str]:
     """Entries of ``out`` (as paths relative to it) that no pack wrote: anything but our files
-    and rR/ level directories, and anything but NNNNNN.tar files inside a level directory."""
+    and rR/ level directories, anything but NNNNNN.tar files inside a level directory, and, in a
+    holdout/ directory (``holdout``: allowed here, not inside another), anything foreign to a
+    pack."""
     foreign = []
     with os.scandir(out) as entries:
         for e in entries:
@@ -694,6 +762,9 @@ def _foreign_entries(out: Path) -> list[str]:
                     foreign += [f"{e.name}/{i.name}" for i in inner
                                 if not (i.is_file(follow_symlinks=False)
                                         and _SHARD_RE.match(i.name))]
+            elif holdout and e.name == HOLDOUT_DIR and e.is_dir(follow_symlinks=False):
+                foreign += [f"{e.name}/{name}"
+                            for name in _foreign_entries(Path(e.path), holdout=False)]
             else:
                 foreign.append(e.name)
     return sorted(foreign)
@@ -710,8 +781,8 @@ def _check_only_ours(out: Path) -> None:
         raise PackError(
             f"output directory {out} holds {_printable_name(foreign[0])!r}{more}, which "
             f"scalegan pack did not write; OUT must be a directory written by scalegan pack "
-            f"(only {INDEX_NAME}, NNNNNN.tar and rR/NNNNNN.tar) or empty, because packing "
-            f"replaces all of it"
+            f"(only {INDEX_NAME}, NNNNNN.tar, rR/NNNNNN.tar and {HOLDOUT_DIR}/ holding the same) "
+            f"or empty, because packing replaces all of it"
         )
 
 
@@ -874,14 +945,83 @@ class _Work:
     what: str
 
 
+class _PackBuilder:
+    """One pack being built in ``directory`` (the build directory, or its holdout/): the shards
+    of every level and the sources that could not be read. ``out`` is where the pack will be,
+    for messages."""
+
+    def __init__(self, directory: Path, out: Path, opts: _Options):
+        self.directory, self.out, self.opts = directory, out, opts
+        self.sinks = [_ShardSink(directory, out, lv, opts.shard_size, opts.verbose and i == 0)
+                      for i, lv in enumerate(opts.levels)]
+        self.skipped: list[dict] = []
+
+    @property
+    def total(self) -> int:
+        return self.sinks[0].total
+
+    def make_dirs(self) -> None:
+        self.directory.mkdir(exist_ok=True)
+        for lv in self.opts.levels[1:]:
+            (self.directory / lv.subdir).mkdir()
+
+    def write(self, meta: bytes, members: tuple[bytes, ...]) -> None:
+        """Append one sample: its JSON ``meta`` and its image at every level."""
+        for sink, image in zip(self.sinks, members, strict=True):
+            sink.write(meta, image)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            sink.abort()
+
+    def levels(self) -> list[dict]:
+        """index.json's "levels" (call after close)."""
+        return [{**lv.entry(), "shards": sink.shards, "bytes": sink.bytes}
+                for lv, sink in zip(self.opts.levels, self.sinks, strict=True)]
+
+    def index(self, label_kind: str | None, attribute_dim: int | None,
+              classes: list[str] | None, **extra: Any) -> dict:
+        """The pack's index.json, ``extra`` fields last (call after close)."""
+        index = {
+            "num_samples": self.total,
+            "resolution": self.opts.resolution,
+            "shards": self.sinks[0].shards,
+            "skipped": self.skipped,
+            "fit": self.opts.fit,
+            "channels": CHANNELS,
+            "labels": label_kind,
+        }
+        if attribute_dim is not None:
+            index["attribute_dim"] = attribute_dim
+        if classes is not None:
+            index["classes"] = classes
+        index["format"] = FORMAT
+        index["levels"] = self.levels()
+        return {**index, **extra}
+
+    def fsync(self) -> None:
+        for lv in self.opts.levels[1:]:
+            fsync_dir(self.directory / lv.subdir)
+        fsync_dir(self.directory)
+
+    def summary(self, holdout: PackSummary | None = None) -> PackSummary:
+        return PackSummary(self.total, self.opts.resolution, self.sinks[0].shards, self.skipped,
+                           str(self.out), self.levels(), holdout)
+
+
 def _pack(
     work: _Work, out: Path, opts: _Options, labels: dict[str, dict] | None = None,
     classes: list[str] | None = None, label_kind: str | None = None,
-    attribute_dim: int | None = None,
+    attribute_dim: int | None = None, holdout: frozenset[str] | None = None,
 ) -> PackSummary:
     """Pack ``work`` into every level's shards and index.json in a build directory beside
     ``out``, then swap it in for ``out``. ``labels`` maps a source to the fields added to its
-    sample's JSON, ``label_kind``/``attribute_dim`` describe them for index.json.
+    sample's JSON, ``label_kind``/``attribute_dim`` describe them for index.json. The sources in
+    ``holdout`` go to the held-out pack in the build directory's holdout/ instead.
 
     On any error (Ctrl-C included) the worker pool is terminated, the build directory removed
     and ``out`` left as it was.
@@ -891,71 +1031,70 @@ def _pack(
     real_out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(build, ignore_errors=True)  # a leftover of this pid that is not in use
     build.mkdir()
-    sinks = [_ShardSink(build, out, lv, opts.shard_size, opts.verbose and i == 0)
-             for i, lv in enumerate(opts.levels)]
-    skipped: list[dict] = []
+    main = _PackBuilder(build, out, opts)
+    held = (_PackBuilder(build / HOLDOUT_DIR, out / HOLDOUT_DIR, opts) if holdout is not None
+            else None)
+    builders = [main] if held is None else [main, held]
     old = None
     try:
-        for lv in opts.levels[1:]:
-            (build / lv.subdir).mkdir()
+        for builder in builders:
+            builder.make_dirs()
         with (_ordered_map(work.fn, work.jobs, opts.workers, work.total) as results,
               tqdm(total=work.total, desc="pack", unit="img", file=sys.stderr,
                    disable=not opts.progress) as bar):
             bar.set_postfix(skipped=0, refresh=False)
             for source, members, reason in work.name_results(results):
+                target = held if held is not None and source in holdout else main
                 if members is None:
-                    skipped.append({"path": source, "reason": reason})
+                    target.skipped.append({"path": source, "reason": reason})
                     if opts.verbose:
-                        print(f"skipped {source}: {reason}", flush=True)
-                    bar.set_postfix(skipped=len(skipped), refresh=False)
+                        note = " (held out)" if target is held else ""
+                        print(f"skipped {source}{note}: {reason}", flush=True)
+                    bar.set_postfix(skipped=sum(len(b.skipped) for b in builders),
+                                    refresh=False)
                 else:
                     extra = labels.get(source, {}) if labels else {}
-                    meta = json.dumps({"source": source, **extra},
-                                      ensure_ascii=False).encode("utf-8")
-                    for sink, image in zip(sinks, members, strict=True):
-                        sink.write(meta, image)
+                    target.write(json.dumps({"source": source, **extra},
+                                            ensure_ascii=False).encode("utf-8"), members)
                 bar.update()
-        for sink in sinks:
-            sink.close()
-        top = sinks[0]
-        if top.total == 0:
-            detail = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
-            raise PackError(
-                f"no readable images in {work.what} ({len(skipped)} skipped: {detail})")
-        levels = [{**lv.entry(), "shards": sink.shards, "bytes": sink.bytes}
-                  for lv, sink in zip(opts.levels, sinks, strict=True)]
-        index = {
-            "num_samples": top.total,
-            "resolution": opts.resolution,
-            "shards": top.shards,
-            "skipped": skipped,
-            "fit": opts.fit,
-            "channels": CHANNELS,
-            "labels": label_kind,
-        }
-        if attribute_dim is not None:
-            index["attribute_dim"] = attribute_dim
-        if classes is not None:
-            index["classes"] = classes
-        index["format"] = FORMAT
-        index["levels"] = levels
-        _write_index(build, index)
-        for lv in opts.levels[1:]:
-            fsync_dir(build / lv.subdir)
-        fsync_dir(build)
+        for builder in builders:
+            builder.close()
+        _check_readable(main, held, work.what)
+        index_fields = (label_kind, attribute_dim, classes)
+        extra = {}
+        if held is not None:
+            _write_index(held.directory, held.index(*index_fields, holdout_of=".."))
+            held.fsync()
+            extra["holdout"] = {"dir": HOLDOUT_DIR, "num_samples": held.total}
+        _write_index(build, main.index(*index_fields, **extra))
+        main.fsync()
         if real_out.is_dir():
             _check_only_ours(real_out)  # again: something may have been put there meanwhile
             with contextlib.suppress(OSError):  # keep OUT's permissions
                 os.chmod(build, stat.S_IMODE(os.stat(real_out).st_mode))
         old = _swap_in(build, real_out)
     except BaseException:
-        for sink in sinks:
-            sink.abort()
+        for builder in builders:
+            builder.abort()
         shutil.rmtree(build, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # a failure here leaves it to the next pack
-    return PackSummary(top.total, opts.resolution, top.shards, skipped, str(out), levels)
+    return main.summary(held.summary() if held is not None else None)
+
+
+def _check_readable(main: _PackBuilder, held: _PackBuilder | None, what: str) -> None:
+    """PackError when the training pack or the held-out pack got no image at all."""
+    if main.total == 0:
+        skipped = main.skipped + (held.skipped if held is not None else [])
+        detail = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+        where = " outside the held-out set" if held is not None and held.total else ""
+        raise PackError(
+            f"no readable images in {what}{where} ({len(skipped)} skipped: {detail})")
+    if held is not None and held.total == 0:
+        detail = "; ".join(f"{s['path']}: {s['reason']}" for s in held.skipped[:5])
+        raise PackError(f"--holdout: none of the {_plural(len(held.skipped), 'image')} chosen "
+                        f"to hold out could be read ({detail})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -977,6 +1116,7 @@ def pack_folder(
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     workers: int | None = None,
     progress: bool | None = None,
+    holdout: int | float | None = None,
 ) -> PackSummary:
     """Pack every image under ``src`` (recursive, sorted by relative path) into shards in ``out``.
 
@@ -1000,8 +1140,16 @@ def pack_folder(
     ``progress``: a tqdm bar on stderr (images done, images/s, skipped so far); default when
     stderr is a terminal.
 
-    ``out`` must not exist, be empty, or hold a previous pack (which is replaced only once the
-    new one is complete); anything else in it raises PackError before any image is read.
+    ``holdout``: a count of images (int >= 1), or a fraction in (0, 1) of the image files found
+    (rounded to the nearest, halves to even; at least 1), to write to ``out/holdout`` instead of
+    ``out``: the files whose relative path (the stored source) has the smallest SHA-256. They are
+    chosen among the files found, before any is read, so an unreadable one among them makes the
+    held-out set smaller (``PackSummary.holdout.skipped``). PackError unless at least one file
+    is left to train on.
+
+    ``out`` must not exist, be empty, or hold a previous pack (which is replaced, its held-out
+    set included, only once the new one is complete); anything else in it raises PackError
+    before any image is read.
     """
     opts = _options(resolution, shard_size, fit, min_resolution, encoding, jpeg_quality, workers,
                     progress, verbose)
@@ -1015,6 +1163,7 @@ def pack_folder(
         exts = ", ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
         raise PackError(f"no image files ({exts}) found under {src_path}")
     names = [_printable_name(rel) for rel in rel_paths]
+    held = _choose_holdout(holdout, names)
     label_fields, classes, kind, dim = (_read_labels(labels, names) if labels
                                         else (None, None, None, None))
     out_path = _prepare_out(out)
@@ -1023,7 +1172,7 @@ def pack_folder(
                           levels=opts.levels),
         [(str(src_path / rel), name) for rel, name in zip(rel_paths, names, strict=True)],
         len(rel_paths), iter, str(src_path))
-    return _pack(work, out_path, opts, label_fields, classes, kind, dim)
+    return _pack(work, out_path, opts, label_fields, classes, kind, dim, held)
 
 
 def _read_labels(labels: str | os.PathLike, rel_paths: list[str]
@@ -1095,9 +1244,12 @@ def pack_arrays(
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     workers: int | None = 1,
     progress: bool | None = None,
+    holdout: int | float | None = None,
 ) -> PackSummary:
     """Pack in-memory images into shards in ``out``, at the same levels and encodings as
-    :func:`pack_folder` (``min_resolution``, ``encoding``, ``jpeg_quality``, ``progress``).
+    :func:`pack_folder` (``min_resolution``, ``encoding``, ``jpeg_quality``, ``progress``), and
+    with a held-out set in ``out/holdout`` chosen by source name as there (``holdout``; every
+    name must then be unique, and ``images`` is read into a list once ``out`` is checked).
 
     ``images``: iterable of numpy arrays, each HxW (grayscale), HxWx3 or HxWx4 (alpha composited
     on white), dtype uint8, uint16 (full 16-bit range) or float in [0, 1]. ``names`` (one per
@@ -1128,6 +1280,13 @@ def pack_arrays(
                             f"{len(classes) - 1 if classes else 'n'})")
         label_fields = {k: {"label": v} for k, v in zip(keys, labels, strict=True)}
     out_path = _prepare_out(out)
+    held = None
+    if holdout is not None:
+        images = list(images)  # the choice needs every name, and a fraction the count
+        if names is not None and len(names) != len(images):
+            raise PackError(f"names has {len(names)} entries for {len(images)} images")
+        held = _choose_holdout(holdout, names if names is not None
+                               else [str(i) for i in range(len(images))])
     total = len(images) if hasattr(images, "__len__") else None
     work = _Work(
         functools.partial(_array_job, resolution=opts.resolution, fit=opts.fit,
@@ -1135,5 +1294,5 @@ def pack_arrays(
         enumerate(images), total, functools.partial(_name_arrays, names=names),
         "the given arrays")
     if label_fields is None:
-        return _pack(work, out_path, opts)
-    return _pack(work, out_path, opts, label_fields, classes, "label")
+        return _pack(work, out_path, opts, holdout=held)
+    return _pack(work, out_path, opts, label_fields, classes, "label", holdout=held)
