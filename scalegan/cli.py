@@ -37,6 +37,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         from scalegan.data.demo import DEMO_SETS
 
         if args.src in DEMO_SETS:
+            if args.holdout is not None:
+                return _fail(f"--holdout applies to an image folder or 'demo'; {args.src} "
+                             f"has its own held-out part")
             fn, default = DEMO_SETS[args.src]
             summaries = fn(args.out, resolution=args.resolution or default,
                            **({} if args.shard_size is None else {"shard_size": args.shard_size}),
@@ -49,14 +52,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
             summary = pack_demo(args.out, resolution=args.resolution or 32,
                                 shard_size=25 if args.shard_size is None else args.shard_size,
-                                progress=progress, **options)
+                                holdout=args.holdout, progress=progress, **options)
         else:
             if args.resolution is None:
                 return _fail("--resolution is required (e.g. --resolution 256)")
             summary = pack_folder(args.src, args.out, args.resolution,
                                   shard_size=1000 if args.shard_size is None else args.shard_size,
-                                  fit=args.fit, labels=args.labels, progress=progress,
-                                  **options)
+                                  fit=args.fit, labels=args.labels, holdout=args.holdout,
+                                  progress=progress, **options)
     except PackError as e:
         return _fail(str(e))
     print(summary.to_text())
@@ -149,10 +152,12 @@ def _train(cfg, args: argparse.Namespace, env, stop) -> int | str:
     from scalegan.train.checkpoint import CheckpointError, DiskFullError, ResumeError
     from scalegan.train.rundir import RunDirError
     from scalegan.train.trainer import DivergenceError, Trainer
+    from scalegan.train.transfer import TransferError
 
     try:
         trainer = Trainer(cfg, env)
-    except (MissingWeightsError, WeightsLoadError) as e:
+    except (MissingWeightsError, WeightsLoadError, TransferError, CheckpointError,
+            DataError) as e:
         return _fail(str(e))
     if env.is_main:
         print(_describe_models(cfg) + f", {env.world_size} rank(s), strategy "
@@ -347,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the shards are the same for any number)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    from scalegan.data.holdout import count_or_fraction
+
+    p.add_argument("--holdout", type=count_or_fraction, default=None, metavar="N",
+                   help="keep N images (a count, or a fraction such as 0.2) out of OUT, as a "
+                        "pack of their own in OUT/holdout: those whose source name has the "
+                        "smallest SHA-256, so the split does not depend on file order")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("train", help="train a GAN from a YAML config and key.sub=value overrides")

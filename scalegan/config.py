@@ -201,6 +201,11 @@ class DataConfig:
     retry_backoff: float = 1.0
     """Seconds waited before the first retry of a shard; doubled before each further one, up to
     60 s."""
+    holdout: str = "auto"
+    """Held-out real images (shards, as data.shards), never trained on: D's mean output on them
+    is logged as ``d/holdout`` beside ``d/real``, and periodic evaluation compares with them.
+    auto: the held-out set `scalegan pack --holdout` wrote into the data.shards pack, if any;
+    none: no held-out set."""
 
     def __post_init__(self) -> None:
         _check(self.source in ("shards", "points"), "data.source", self.source, "shards | points")
@@ -336,8 +341,18 @@ class TrainConfig:
     updates, each on its own batch; 0: 5 with loss.kind=wgan (Arjovsky et al. 2017), else 1.
     Images seen (total_kimg) count D's real images."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    init_from: str = ""
+    """Start this run from another run's weights (transfer learning): a run directory or one of
+    its checkpoints. Every network and averaged copy is read (not the optimizers, counters or
+    data position); a block the new model has and the old one lacks (a progressive run grown
+    to a higher resolution) starts from scratch. Any other difference stops the run, naming the
+    keys. Ignored when this run resumes from its own checkpoint."""
+    freeze_d: int = 0
+    """Freeze-D (Mo et al. 2020): D's first K blocks, counted from its input (the highest
+    resolutions), keep their weights; the rest of D trains."""
 
     def __post_init__(self) -> None:
+        _check(self.freeze_d >= 0, "train.freeze_d", self.freeze_d, ">= 0")
         _check(self.d_steps >= 0, "train.d_steps", self.d_steps, ">= 0 (0: the loss's default)")
         _check(self.total_kimg > 0, "train.total_kimg", self.total_kimg, "> 0")
         _check(0 <= self.seed < 2 ** 32, "train.seed", self.seed, "an integer from 0 to 2^32 - 1")
@@ -421,13 +436,56 @@ class LogConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when a W&B API key is configured, offline otherwise."""
     wandb_project: str = "scalegan"
+    holdout_images: int = 64
+    """At most this many held-out images (data.holdout) for ``d/holdout``, read once."""
+    overfit_threshold: float = 1.0
+    """A warning (log and W&B) when D's mean output on training reals exceeds that on
+    held-out reals by more than this (``d/real - d/holdout``, in logits): D is memorising its
+    training set (0: no warning)."""
 
     def __post_init__(self) -> None:
+        _check(self.holdout_images >= 1, "log.holdout_images", self.holdout_images, ">= 1")
+        _check(self.overfit_threshold >= 0, "log.overfit_threshold", self.overfit_threshold,
+               ">= 0")
         _check(self.every_steps >= 1, "log.every_steps", self.every_steps, ">= 1")
         _check(self.sample_every_kimg > 0, "log.sample_every_kimg", self.sample_every_kimg, "> 0")
         _check(1 <= self.sample_grid <= 32, "log.sample_grid", self.sample_grid, "1..32")
         _check(self.wandb in ("auto", "online", "offline", "disabled"), "log.wandb", self.wandb,
                "auto | online | offline | disabled")
+
+
+@dataclass
+class AugmentConfig:
+    kind: Literal["none", "ada", "diffaugment", "fixed"] = "none"
+    """Augmentation of every image D sees (reals and fakes, every phase; differentiable, so G
+    trains through it): ada: the ADA pipeline with p adapted to D's over-fitting (Karras et al.
+    2020); fixed: the same pipeline at a fixed ``p``; diffaugment: DiffAugment's fixed policy
+    (Zhao et al. 2020); none."""
+    p: float = 0.0
+    """Probability of each transform: ada's starting value, fixed's constant one."""
+    pipe: Literal["bgc", "blit", "geom", "color"] = "bgc"
+    """ADA's transform groups: blit (x-flip, 90-degree rotations, integer translation), geom
+    (scaling, rotation, anisotropy, fractional translation), color (brightness, contrast, luma
+    flip, hue, saturation); bgc: all three (the published default)."""
+    policy: str = "color,translation,cutout"
+    """DiffAugment's transforms, comma-separated."""
+    target: float = 0.6
+    """ADA: the value of r_t = E[sign(D(real))] that p is steered to."""
+    interval: int = 4
+    """ADA: D updates between adjustments of p (r_t is averaged over them)."""
+    speed_kimg: float = 500.0
+    """ADA: thousands of images over which p can rise from 0 to 1 (the published 500; small
+    runs need far less)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.p <= 1.0, "augment.p", self.p, "a probability in [0, 1]")
+        _check(-1.0 < self.target < 1.0, "augment.target", self.target, "in (-1, 1)")
+        _check(self.interval >= 1, "augment.interval", self.interval, ">= 1")
+        _check(self.speed_kimg > 0, "augment.speed_kimg", self.speed_kimg, "> 0")
+        names = [t.strip() for t in self.policy.split(",") if t.strip()]
+        _check(bool(names) and all(t in ("color", "translation", "cutout") for t in names),
+               "augment.policy", self.policy, "a comma-separated list of color, translation, "
+               "cutout")
 
 
 METRICS = ("fid", "kid", "pr")
@@ -441,7 +499,8 @@ class EvalConfig:
     metrics: str = "fid"
     """Comma-separated metrics: fid, kid, pr (precision/recall). The first one ranks checkpoints."""
     real: str = ""
-    """Shards of the real images (as data.shards); empty: data.shards."""
+    """Shards of the real images (as data.shards); empty: the held-out set (data.holdout) when
+    there is one, else data.shards."""
     real_b: str = ""
     """Families that read two data sets (CycleGAN): held-out shards of the second (domain B);
     ``real`` is then domain A's."""
@@ -503,13 +562,14 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name and "\0" not in self.name
                and self.name not in (".", ".."), "name", self.name,
                "a non-empty name without '/', other than '.' and '..' (a directory inside "
                "runs_dir)")
-        from scalegan.families import family_class
+        from scalegan.families import archs, family_class
 
         family = family_class(self.model.arch)
         if family.point_data is not None:
@@ -529,6 +589,17 @@ class Config:
                               "parallel.zero_stage=3: G's relativistic loss runs the frozen D "
                               "twice in one phase (fakes, then reals), which ZeRO-3 leaves "
                               "holding D's parameters; use zero_stage 1 or 2, fsdp or ddp")
+        if self.augment.kind != "none" and not family.augments:
+            raise ConfigError(f"augment.kind={self.augment.kind!r} is not allowed with "
+                              f"model.arch={self.model.arch}: expected none (augmentation is "
+                              f"built into the families "
+                              f"{', '.join(a for a in archs() if family_class(a).augments)})")
+        blocks = len(family.d_blocks(self.model))
+        if self.train.freeze_d > blocks:
+            raise ConfigError(f"train.freeze_d={self.train.freeze_d!r} is not allowed: "
+                              f"model.arch={self.model.arch} at model.resolution="
+                              f"{self.model.resolution} has "
+                              f"{f'{blocks} D blocks to freeze' if blocks else 'no Freeze-D'}")
         family.check(self)
 
     @property

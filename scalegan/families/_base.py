@@ -106,6 +106,14 @@ class Services(Protocol):
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's autocast context (bf16 or none)."""
 
+    def augment(self, images: torch.Tensor, draw: Callable | None = None) -> torch.Tensor:
+        """``images`` as D is to see them: the run's augmentation (``augment.*``), its random
+        numbers drawn for the global batch (or from ``draw``); unchanged when it is off."""
+
+    def observe_real(self, logits: torch.Tensor) -> None:
+        """D's logits on this rank's real images of one D update (ADA's r_t counts their
+        signs)."""
+
     nets: dict[str, nn.Module]
     """The networks themselves (sharded or not, never a data-parallel wrapper): for state a
     family keeps in their buffers (StyleGAN2's ``w_avg``)."""
@@ -132,6 +140,9 @@ class Family:
     metrics: Mapping[str, bool] = {}
     """Metrics of the family's own ``evaluate`` (name -> lower is better; the first ranks
     checkpoints); empty: FID / KID / PR of generated images (``eval.metrics``)."""
+    augments: bool = False
+    """Whether every image its D sees goes through the run's augmentation (``augment.*``),
+    its D updates report r_t and ``real_logits`` gives D's view of held-out images."""
 
     def __init__(self, cfg: Config, svc: Services | None = None):
         self.cfg, self.mc, self.svc = cfg, cfg.model, svc
@@ -152,6 +163,46 @@ class Family:
     @classmethod
     def check(cls, cfg: Config) -> None:
         """Cross-section checks of ``cfg`` for this family (ConfigError naming the key)."""
+
+    @classmethod
+    def d_blocks(cls, mc) -> list[tuple[str, ...]]:
+        """D's blocks from its input on (the highest resolution first), each as the name
+        prefixes of its parameters: what ``train.freeze_d`` counts (empty: not supported)."""
+        return []
+
+    def frozen_parameters(self, nets: Mapping[str, nn.Module], k: int) -> dict[str, set[str]]:
+        """``train.freeze_d=k``: the names of D's parameters in its first ``k`` blocks."""
+        if k == 0:
+            return {}
+        prefixes = tuple(p + "." for block in self.d_blocks(self.mc)[:k] for p in block)
+        return {"D": {n for n, _ in nets["D"].named_parameters() if n.startswith(prefixes)}}
+
+    # ------------------------------------------------------------------------------ transfer
+
+    def check_transfer(self, saved_model: dict, where: str) -> None:
+        """TransferError unless a checkpoint of model section ``saved_model`` (as written in
+        its config) can initialise this run's networks: by default the same architecture at
+        the same resolution (other widths show as keys of another shape)."""
+        from scalegan.train.transfer import TransferError
+
+        arch, res = saved_model.get("arch", "progressive"), saved_model.get("resolution")
+        if arch != self.arch:
+            raise TransferError(f"train.init_from: {where} holds a model.arch={arch} model; this "
+                                f"run is model.arch={self.arch}")
+        if res != self.mc.resolution and not self.transfers_resolution(res):
+            raise TransferError(f"train.init_from: {where} was trained at model.resolution="
+                                f"{res}; this run's is {self.mc.resolution}, and model.arch="
+                                f"{self.arch} keeps the resolution of the model it starts from")
+
+    def transfers_resolution(self, resolution: int) -> bool:
+        """Whether a model trained at ``resolution`` can start this run (progressive: a
+        lower one, the new blocks from scratch)."""
+        return False
+
+    def transfer_new_keys(self, name: str, missing: list[str]) -> set[str]:
+        """Of network ``name``'s state keys a transfer's checkpoint lacks, those this run adds
+        (they keep their fresh initialisation); any other is an error."""
+        return set()
 
     # -------------------------------------------------------------------------------- networks
 
@@ -316,6 +367,12 @@ class Family:
     def input_resolution(self, options: dict) -> int:
         """Side of the images ``from_images`` takes."""
         return self.mc.resolution
+
+    def real_logits(self, nets: Mapping[str, nn.Module], images: torch.Tensor,
+                    stage: Phase) -> torch.Tensor | None:
+        """D's logits of real ``images`` (already augmented) at ``stage``, for ``d/holdout``;
+        None when the family has no such single call."""
+        return None
 
     def evaluate(self, nets: Mapping[str, nn.Module], env, ec, stage: Phase) -> dict[str, float]:
         """The family's own metrics (``metrics``) for `scalegan eval` and periodic evaluation,

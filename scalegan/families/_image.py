@@ -15,7 +15,7 @@ from torch import nn
 from scalegan import losses
 from scalegan.config import Config, ConfigError, ModelConfig
 from scalegan.data.points import mixture
-from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream
+from scalegan.families._base import Family, PhaseSpec, Scalars, Services, Stream, full
 from scalegan.metrics.modes import mode_stats
 from scalegan.monitor.scatter import save_scatter
 from scalegan.train.schedule import Phase
@@ -193,7 +193,10 @@ class ImageGAN(NoiseToImage):
 
     def D(self, nets: Mapping[str, Callable], x: torch.Tensor, mb: MicroBatch, stage: Phase,
           which: str) -> torch.Tensor:
-        """D's logits of ``x`` (the micro-batch's condition; the noise of call ``which``)."""
+        """D's logits of ``x`` as D sees it (augmented, ``augment.*``; the micro-batch's
+        condition; the noise of call ``which``)."""
+        if self.augments:
+            x = self.svc.augment(x)
         kwargs = {}
         if mb.cond is not None:
             kwargs["cond"] = mb.cond
@@ -220,7 +223,7 @@ class ImageGAN(NoiseToImage):
             real_logits = self.D(nets, mb.real, mb, stage, "real")
             fake_logits = self.D(nets, fake, mb, stage, "fake")
         loss = losses.d_loss(lc.kind, real_logits, fake_logits, drift=lc.drift)
-        scalars = {"loss/D": loss}
+        scalars = {"loss/D": loss, **self.d_outputs(real_logits, fake_logits)}
         if lc.kind == "wgan_gp" and lc.gp_weight > 0:
             mix = self.svc.draw(torch.rand, mb.z_d.shape[0])
             with self.svc.autocast():
@@ -229,6 +232,22 @@ class ImageGAN(NoiseToImage):
             loss = loss + lc.gp_weight * gp
             scalars["loss/gp"] = gp
         return loss, scalars
+
+    def d_outputs(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> Scalars:
+        """A D update's over-fitting signals: D's mean output on the reals (``d/real``) and
+        the fakes (``d/fake``), and r_t = mean sign of the real logits (``aug/rt``), whose
+        counts also go to ADA's control of p."""
+        if not self.augments:
+            return {}
+        self.svc.observe_real(real_logits)
+        real = full(real_logits.detach()).flatten()
+        return {"d/real": real.mean(), "d/fake": full(fake_logits.detach()).mean(),
+                "aug/rt": torch.sign(real).mean()}
+
+    def real_logits(self, nets, images: torch.Tensor, stage: Phase) -> torch.Tensor | None:
+        if not self.augments or self.labelled:
+            return None  # no label per held-out image
+        return nets["D"](images, stage.resolution, stage.alpha)
 
     def reg_loss(self, nets, mb: MicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
         """Lazy R1 (gamma/2 ||grad D(real)||^2) and R2 (the same on G's fakes of ``mb.z_d``),

@@ -8,6 +8,7 @@ from scalegan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 
 class DCGAN(ImageGAN):
     arch = "dcgan"
+    augments = True
 
     @classmethod
     def networks(cls, mc):

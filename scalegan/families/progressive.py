@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from scalegan.config import ConfigError
 from scalegan.families._image import ImageGAN
-from scalegan.models.progressive import ProgressiveDiscriminator, ProgressiveGenerator
+from scalegan.models.progressive import (
+    MIN_RESOLUTION,
+    ProgressiveDiscriminator,
+    ProgressiveGenerator,
+)
 from scalegan.train.schedule import Phase, phase_at
 
 
 class Progressive(ImageGAN):
     arch = "progressive"
+    augments = True
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -22,6 +27,32 @@ class Progressive(ImageGAN):
     @classmethod
     def networks(cls, mc):
         return {"G": ProgressiveGenerator(mc), "D": ProgressiveDiscriminator(mc)}
+
+    @classmethod
+    def d_blocks(cls, mc) -> list[tuple[str, ...]]:
+        """From the final resolution down: its fromRGB with the block of the final resolution,
+        then each lower block (Freeze-D counts from the resolution the model grows to)."""
+        out, r = [], mc.resolution
+        while r >= MIN_RESOLUTION:
+            out.append((f"from_rgb.{r}", f"blocks.{r}") if r == mc.resolution
+                       else (f"blocks.{r}",))
+            r //= 2
+        return out
+
+    def transfers_resolution(self, resolution: int) -> bool:
+        return isinstance(resolution, int) and resolution < self.mc.resolution
+
+    def transfer_new_keys(self, name: str, missing: list[str]) -> set[str]:
+        """The blocks, toRGB and fromRGB layers of the resolutions the old model did not have:
+        the transfer starts a run that grows past it (set train.schedule.start_resolution to the
+        old resolution to skip the stages it already learnt)."""
+        return {k for k in missing
+                if k.split(".")[0] in ("blocks", "to_rgb", "from_rgb")
+                and k.split(".")[1].isdigit() and int(k.split(".")[1]) > self._old_resolution}
+
+    def check_transfer(self, saved_model: dict, where: str) -> None:
+        super().check_transfer(saved_model, where)
+        self._old_resolution = saved_model.get("resolution", self.mc.resolution)
 
     def stage(self, images_seen: int) -> Phase:
         s = self.cfg.train.schedule

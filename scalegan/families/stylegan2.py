@@ -196,6 +196,15 @@ class StyleMicroBatch:
 class StyleGAN2(NoiseToImage):
     arch = "stylegan2"
     config_class = StyleGAN2Config
+    augments = True
+
+    @classmethod
+    def d_blocks(cls, mc) -> list[tuple[str, ...]]:
+        """D's residual blocks from the full resolution down (the first with its fromRGB),
+        then its 4x4 epilogue, as StyleGAN2-ADA's ``--freezed`` counts them."""
+        res = [2 ** i for i in range(mc.resolution.bit_length() - 1, 2, -1)]
+        return [(("from_rgb", f"blocks.{r}") if r == mc.resolution else (f"blocks.{r}",))
+                for r in res] + [("epilogue",)]
 
     @classmethod
     def fill_preset(cls, tree: dict) -> dict:
@@ -310,22 +319,32 @@ class StyleGAN2(NoiseToImage):
     def d_loss(self, nets, mb: StyleMicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
         with torch.no_grad():
             fake, _ = self.run_G(nets["G"], mb.d)
-        real_logits, fake_logits = nets["D"](mb.real), nets["D"](fake)
+        real_logits, fake_logits = self.D(nets, mb.real), self.D(nets, fake)
         loss = losses.d_loss(self.cfg.loss.kind, real_logits.flatten(), fake_logits.flatten())
-        return loss, {"loss/D": loss, "d/real_logit": full(real_logits).mean().detach(),
-                      "d/fake_logit": full(fake_logits).mean().detach()}
+        self.svc.observe_real(real_logits)
+        real = full(real_logits.detach()).flatten()
+        return loss, {"loss/D": loss, "d/real": real.mean(),
+                      "d/fake": full(fake_logits.detach()).mean(),
+                      "aug/rt": torch.sign(real).mean()}
+
+    def D(self, nets, images: torch.Tensor) -> torch.Tensor:
+        """D's logits of ``images`` as D sees them (augmented, ``augment.*``)."""
+        return nets["D"](self.svc.augment(images))
+
+    def real_logits(self, nets, images: torch.Tensor, stage: Phase) -> torch.Tensor:
+        return nets["D"](images)
 
     def r1_loss(self, nets, mb: StyleMicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
         lc = self.cfg.loss
         x = mb.real.detach().requires_grad_(True)
-        logits = nets["D"](x)
+        logits = self.D(nets, x)  # the gradient w.r.t. the image before augmentation
         penalty = losses.r1_penalty(logits.flatten(), x).mean()
         return r1_term(penalty, [logits], lc.r1_gamma, lc.r1_interval), {"loss/r1": penalty}
 
     def g_loss(self, nets, mb: StyleMicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:
         fake, ws = self.run_G(nets["G"], mb.g)
         self.track_w_avg(ws)
-        loss = losses.g_loss(self.cfg.loss.kind, nets["D"](fake).flatten())
+        loss = losses.g_loss(self.cfg.loss.kind, self.D(nets, fake).flatten())
         return loss, {"loss/G": loss}
 
     def pl_loss(self, nets, mb: StyleMicroBatch, stage: Phase) -> tuple[torch.Tensor, Scalars]:

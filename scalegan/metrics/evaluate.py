@@ -25,6 +25,7 @@ import webdataset as wds
 from torch import nn
 
 from scalegan.config import Config, EvalConfig
+from scalegan.data.holdout import holdout_shards
 from scalegan.data.pipeline import (
     DataError,
     decode_sample,
@@ -217,14 +218,36 @@ def lower_is_better(key: str, family=None) -> bool:
     return LOWER_IS_BETTER[key]
 
 
+def holdout_spec(cfg: Config) -> str | None:
+    """The held-out real images of a run (``data.holdout``): the pack's own held-out set for
+    ``auto`` (None when it has none), None for ``none``, else the spec as given."""
+    spec = cfg.data.holdout
+    if spec in ("", "none"):
+        return None
+    if spec == "auto":
+        return holdout_shards(cfg.data.shards) if cfg.data.source == "shards" else None
+    return spec
+
+
+def real_spec(cfg: Config, ec: EvalConfig) -> tuple[str, str]:
+    """The real images evaluation compares with, and the config key that named them:
+    ``eval.real``, else the held-out set (``data.holdout``), else the training shards."""
+    if ec.real:
+        return ec.real, "eval.real"
+    holdout = holdout_spec(cfg)
+    if holdout:
+        return holdout, "data.holdout"
+    return cfg.data.shards, "data.shards"
+
+
 def evaluate(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase, env: DistEnv,
              extractor: FeatureExtractor | None, real: RealSet | None = None,
              ec: EvalConfig | None = None, family=None) -> tuple[dict[str, float], RealSet]:
     """Metrics of the generator ``G`` (or the family's inference networks by name) at
-    ``phase`` against the real shards of ``ec`` (default: cfg.eval, its ``real`` or else
-    cfg.data.shards); returns them and the real features, for reuse while the resolution stays
-    the same. A family with metrics of its own (``Family.metrics``: PSNR, reconstruction error)
-    computes those instead. Every rank calls this; every rank gets the results."""
+    ``phase`` against the real shards of ``ec`` (default: cfg.eval; see ``real_spec``);
+    returns them and the real features, for reuse while the resolution stays the same. A
+    family with metrics of its own (``Family.metrics``: PSNR, reconstruction error) computes
+    those instead. Every rank calls this; every rank gets the results."""
     from scalegan.families import build_family
 
     ec = ec or cfg.eval
@@ -234,7 +257,7 @@ def evaluate(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase, env
     label_key = {"none": None, "label": "label",
                  "embedding": "attributes"}[getattr(cfg.model, "condition", "none")]
     if real is None or real.resolution != phase.resolution:
-        spec, key = (ec.real, "eval.real") if ec.real else (cfg.data.shards, "data.shards")
+        spec, key = real_spec(cfg, ec)
         real = real_features(spec, phase.resolution, extractor, env, num=ec.num_real,
                              batch_size=ec.batch_size, label_key=label_key, key=key,
                              allow_unindexed=cfg.data.allow_unindexed)

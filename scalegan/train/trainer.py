@@ -29,16 +29,26 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from scalegan.config import Config, config_to_dict, model_config_class, save_config
-from scalegan.data.pipeline import DataError, ImageStream, check_pack, open_shards
+from scalegan.data.pipeline import DataError, ImageStream, check_pack, open_shards, read_images
 from scalegan.data.points import PointStream
 from scalegan.families import PhaseSpec, build_family
-from scalegan.metrics.evaluate import RealSet, evaluate, extractor_for, headline, lower_is_better
+from scalegan.families._base import full
+from scalegan.metrics.evaluate import (
+    RealSet,
+    evaluate,
+    extractor_for,
+    headline,
+    holdout_spec,
+    lower_is_better,
+)
 from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from scalegan.monitor.progress import Progress
 from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
+from scalegan.train.augmenter import Augmenter
 from scalegan.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -54,6 +64,7 @@ from scalegan.train.ema import ema_beta
 from scalegan.train.preemption import Interrupted, StopSignal
 from scalegan.train.rundir import RunDirectory
 from scalegan.train.schedule import Phase
+from scalegan.train.transfer import init_from
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +183,23 @@ class Trainer:
         # every rank: each rank draws the global batch and keeps its slice, so a run's randomness
         # does not depend on the world size. Its state is checkpointed.
         self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1)
+        self.augmenter = Augmenter(cfg.augment, tc.seed, self.rank, self.world, self.device,
+                                   self.env.distributed)
         self.family = build_family(cfg, self)
         torch.manual_seed(tc.seed)  # weight initialisation: the same on every rank
         self.nets = self.family.build_networks()
-        for net in self.nets.values():
-            net.to(self.device)
         self.ema = {name: copy.deepcopy(self.nets[name]).eval().requires_grad_(False)
                     for name in self.family.ema}
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        if tc.init_from and not (cfg.checkpoint.resume and step_dirs(self.ckpt.directory)):
+            init_from(tc.init_from, self.family, self.nets, self.ema, self.is_main)
+        # Freeze-D: these parameters never take a gradient (requires_grad stays off), so no
+        # strategy's optimizer moves them
+        self.frozen: dict[str, set[str]] = self.family.frozen_parameters(self.nets, tc.freeze_d)
+        for name in self.nets:
+            self.set_trainable(name, True)
+        for net in [*self.nets.values(), *self.ema.values()]:
+            net.to(self.device)
         self.strategy = build_strategy(cfg, self.env)
         self.strategy.wrap(self.nets)
         self.strategy.wrap_ema(self.ema)
@@ -192,7 +213,6 @@ class Trainer:
         self.phase_specs: list[PhaseSpec] = self.family.phases()
         self.images_seen = 0
         self.step = 0
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.streams: dict[str, ImageStream | PointStream] = {}  # by the family's names
         self.logger: Logger | None = None
         self.last_sample_step = -1
@@ -206,6 +226,7 @@ class Trainer:
         self.skipped_updates: list[str] = []  # phases of the last step not applied: "D", ...
         self.stopped_by: int | None = None  # the signal that ended the run, agreed by all ranks
         self.run_directory: RunDirectory | None = None
+        self.holdout_images: torch.Tensor | None = None  # read when the data is opened
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -250,6 +271,12 @@ class Trainer:
                                      max_skip=dc.max_skip, retries=dc.retries,
                                      backoff=dc.retry_backoff, device=self.device)
             self.streams[name] = stream
+        spec = holdout_spec(self.cfg)
+        if spec and self.family.augments:
+            self.holdout_images = read_images(spec, mc.resolution, channels=mc.img_channels,
+                                              num=self.cfg.log.holdout_images,
+                                              key="data.holdout",
+                                              allow_unindexed=dc.allow_unindexed)
         return next(iter(self.streams.values()))
 
     def _data_state(self) -> dict:
@@ -300,6 +327,21 @@ class Trainer:
         full = fn(n * self.world, *shape, generator=self.rng)
         return full[self.rank * n:(self.rank + 1) * n].to(self.device)
 
+    def augment(self, images: torch.Tensor, draw=None) -> torch.Tensor:
+        """``images`` as D is to see them (``augment.*``; unchanged when off)."""
+        return self.augmenter(images, draw)
+
+    def observe_real(self, logits: torch.Tensor) -> None:
+        """D's logits on this rank's real images of a D update, for ADA's r_t."""
+        self.augmenter.observe(logits)
+
+    def set_trainable(self, name: str, trainable: bool) -> None:
+        """``requires_grad`` of network ``name``'s parameters: ``trainable``, except the frozen
+        ones (``train.freeze_d``), which stay off."""
+        frozen = self.frozen.get(name, ()) if hasattr(self, "frozen") else ()
+        for fqn, p in self.nets[name].named_parameters():
+            p.requires_grad_(trainable and fqn not in frozen)
+
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every rank's rows of ``t``, in rank order."""
         if not self.env.distributed:
@@ -337,8 +379,8 @@ class Trainer:
         if isinstance(spec, str):
             spec = next(s for s in self.phase_specs if s.name == spec)
         stats = StepStats()
-        for name, net in self.nets.items():
-            net.requires_grad_(name in spec.trains)
+        for name in self.nets:
+            self.set_trainable(name, name in spec.trains)
         for name in spec.trains:
             self.strategy.zero_grad(name)
         for mb in batches:
@@ -378,8 +420,9 @@ class Trainer:
         self._set_learning_rates()
         done = [(spec.name, self.run_phase(spec, batches, phase))
                 for spec in self.phase_specs if spec.due(self.step, self.images_seen)]
-        for net in self.nets.values():
-            net.requires_grad_(True)
+        for name in self.nets:
+            self.set_trainable(name, True)
+        self.augmenter.after_step()
         self.images_seen += self.cfg.train.batch_size
         self.step += 1
         self.ema_phase()
@@ -462,6 +505,7 @@ class Trainer:
                         dt = time.perf_counter() - t0
                         scalars = self._summarise(window,
                                                   (self.images_seen - seen0) / max(dt, 1e-9))
+                        scalars.update(self.overfitting(scalars))
                         self.logger.log_scalars(self.step, scalars)
                         progress.update(self.images_seen, scalars)
                         window, t0, seen0 = [], time.perf_counter(), self.images_seen
@@ -555,7 +599,7 @@ class Trainer:
 
     def _summarise(self, window: list[dict[str, float]], images_per_s: float) -> dict[str, float]:
         """Scalars of the last ``window`` steps, averaged over steps and over ranks."""
-        keys = sorted({k for row in window for k in row if k.startswith("loss/")})
+        keys = sorted({k for row in window for k in row if k.startswith(("loss/", "d/", "aug/"))})
         out = {k: sum(r[k] for r in window if k in r) / sum(1 for r in window if k in r)
                for k in keys}
         skipped = float(sum(stream.skipped for stream in self.streams.values()))
@@ -576,6 +620,60 @@ class Trainer:
                    data_failed_shards=int(failed),
                    nonfinite_steps=int(sum(r.get("nonfinite", 0.0) for r in window)))
         return out
+
+    def overfitting(self, scalars: dict[str, float]) -> dict[str, float]:
+        """What a log row adds to the window's scalars on over-fitting: ADA's p (``aug/p``),
+        D's mean output on the held-out reals now (``d/holdout``), its gap to ``d/real``
+        (``d/overfit_gap``) and, past ``log.overfit_threshold``, a warning
+        (``d/overfit_warning`` = 1, the log, W&B)."""
+        out = {}
+        if self.augmenter.active:
+            out["aug/p"] = self.augmenter.p
+        if self.holdout_images is None:
+            return out
+        value = self.holdout_logit()
+        if value is None:
+            return out
+        out["d/holdout"] = value
+        if "d/real" in scalars:
+            gap = scalars["d/real"] - value
+            out["d/overfit_gap"] = gap
+            threshold = self.cfg.log.overfit_threshold
+            if threshold > 0 and gap > threshold:
+                out["d/overfit_warning"] = 1.0
+                if self.is_main:
+                    log.warning("step %d (%.1f kimg): D over-fits its training images: its mean "
+                                "output on them (d/real %.3f) exceeds that on the held-out ones "
+                                "(d/holdout %.3f) by %.3f > log.overfit_threshold=%g; "
+                                "augmentation (augment.kind=ada) or more data is the remedy",
+                                self.step, self.images_seen / 1000, scalars["d/real"], value,
+                                gap, threshold)
+        return out
+
+    @torch.no_grad()
+    def holdout_logit(self) -> float | None:
+        """D's mean output on the held-out reals at the current stage, augmented as its
+        training reals are (at the current p, with draws of a fixed seed: the training run's
+        random numbers are not touched); every rank computes it on all of them, in
+        micro-batches (a set smaller than one is repeated to fill it, a remainder dropped).
+        None for a family without a plain D on images."""
+        phase = self.phase()
+        x = self.holdout_images
+        if x.shape[-1] != phase.resolution:
+            x = F.avg_pool2d(x, x.shape[-1] // phase.resolution)
+        n = self.micro_batch
+        x = x.repeat(-(-n // len(x)), 1, 1, 1)[:n] if len(x) < n else x[:len(x) // n * n]
+        draw = self.augmenter.fixed_draw(self.cfg.train.seed + 4242)
+        total, count = 0.0, 0
+        for chunk in x.split(n):
+            with self.autocast():
+                logits = self.family.real_logits(self.nets, self.augment(chunk.to(self.device),
+                                                                         draw), phase)
+            if logits is None:
+                return None
+            total += full(logits).double().sum().item()
+            count += logits.numel()
+        return total / count
 
     def _weights_crc32(self) -> dict[str, int]:
         """CRC32 of the weights this rank holds (replicas: equal on every rank; shards: this
@@ -673,7 +771,8 @@ class Trainer:
         meta = {"step": self.step, "images_seen": self.images_seen,
                 "phase": vars(self.phase()), "world_size": self.world,
                 "format": self.strategy.checkpoint_format, "finite": True,
-                "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg)}
+                "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg),
+                "augment": self.augmenter.state_dict()}
         # every rank's data position, in every rank's file: the run can continue at any world size
         data = ({name: {"ranks": all_gather_json(state)} for name, state in
                  self._data_state().items()} if self.streams else None)
@@ -713,6 +812,8 @@ class Trainer:
                 continue
             self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
             self.rng.set_state(_decode_rng(meta["rng"]))
+            if "augment" in meta:
+                self.augmenter.load_state_dict(meta["augment"])
             data = (rank_state or {}).get("data")
             if data is None and (path / "rank_00000.json").is_file():
                 # a rank the saved run did not have: every rank's file holds every position

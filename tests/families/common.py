@@ -147,6 +147,12 @@ class StubServices:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def augment(self, images: torch.Tensor, draw=None) -> torch.Tensor:
+        return images  # augment.kind=none
+
+    def observe_real(self, logits: torch.Tensor) -> None:
+        pass
+
     def autocast(self):
         return contextlib.nullcontext()
 
