@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class Logger:
-    """Interface: scalars per step, images per step, a final close."""
+    """Interface: scalars per step, images per step, warnings, a final close."""
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
 
     def log_image(self, step: int, key: str, path: Path) -> None: ...
+
+    def alert(self, title: str, text: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -136,6 +138,12 @@ class WandbLogger(Logger):
         self._guard("logging an image",
                     lambda: self.run.log({key: self._wandb.Image(str(path))}, step=step))
 
+    def alert(self, title: str, text: str) -> None:
+        """A W&B alert (e-mail / Slack as the project is set up), at most one an hour per
+        title."""
+        self._guard("sending an alert", lambda: self.run.alert(
+            title=title, text=text, level=self._wandb.AlertLevel.WARN, wait_duration=3600))
+
     def close(self) -> None:
         self._guard("finishing the run", lambda: self.run.finish())
         self.run = None
@@ -154,6 +162,10 @@ class MultiLogger(Logger):
     def log_image(self, step: int, key: str, path: Path) -> None:
         for lg in self.loggers:
             lg.log_image(step, key, path)
+
+    def alert(self, title: str, text: str) -> None:
+        for lg in self.loggers:
+            lg.alert(title, text)
 
     def close(self) -> None:
         for lg in self.loggers:

@@ -642,12 +642,15 @@ class Trainer:
             if threshold > 0 and gap > threshold:
                 out["d/overfit_warning"] = 1.0
                 if self.is_main:
-                    log.warning("step %d (%.1f kimg): D over-fits its training images: its mean "
-                                "output on them (d/real %.3f) exceeds that on the held-out ones "
-                                "(d/holdout %.3f) by %.3f > log.overfit_threshold=%g; "
-                                "augmentation (augment.kind=ada) or more data is the remedy",
-                                self.step, self.images_seen / 1000, scalars["d/real"], value,
-                                gap, threshold)
+                    text = (f"step {self.step} ({self.images_seen / 1000:.1f} kimg): D over-fits "
+                            f"its training images: its mean output on them (d/real "
+                            f"{scalars['d/real']:.3f}) exceeds that on the held-out ones "
+                            f"(d/holdout {value:.3f}) by {gap:.3f} > log.overfit_threshold="
+                            f"{threshold:g}; more data, augmentation (augment.kind=ada) or an "
+                            f"earlier checkpoint are the remedies")
+                    log.warning(text)
+                    if self.logger is not None:
+                        self.logger.alert("D over-fits", text)
         return out
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 from scalegan.config import AugmentConfig, load_config
 from scalegan.data.demo import pack_demo
 from scalegan.metrics.evaluate import real_spec
+from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger
 from scalegan.parallel.env import DistEnv
 from scalegan.train.augmenter import Augmenter
 from scalegan.train.trainer import Trainer
@@ -87,16 +88,31 @@ def test_fixed_and_none_keep_p_but_measure_rt():
 # ------------------------------------------------------------------------------- in training
 
 
+class Alerts(Logger):
+    def __init__(self):
+        self.sent = []
+
+    def alert(self, title: str, text: str) -> None:
+        self.sent.append((title, text))
+
+
 def test_a_log_row_has_the_overfitting_signals(tmp_path, faces, caplog):
+    """...and periodic evaluation compares with the 20 held-out faces by default."""
     cfg = load_config(None, overrides(tmp_path, faces, "signals", *ADA,
-                                      "log.overfit_threshold=1e-6"))
+                                      "log.overfit_threshold=1e-6", "eval.every_kimg=0.032",
+                                      "eval.extractor=random", "eval.num_fake=16"))
     assert real_spec(cfg, cfg.eval) == (str(faces / "holdout"), "data.holdout")
     trainer = Trainer(cfg)
+    alerts = Alerts()
+    trainer.logger = MultiLogger([JsonlLogger(trainer.run_dir / "metrics.jsonl"), alerts])
     with caplog.at_level("WARNING"):
         trainer.train(max_steps=4)
     trainer.close()
     rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text()
             .splitlines()]
+    evals = [r for r in rows if "eval/fid" in r]
+    assert len(evals) == 1 and evals[0]["eval/num_real"] == 20  # the held-out faces
+    rows = [r for r in rows if "d/real" in r]
     assert len(rows) == 2
     for row in rows:
         for key in ("d/real", "d/fake", "d/holdout", "d/overfit_gap", "aug/rt", "aug/p"):
@@ -108,8 +124,10 @@ def test_a_log_row_has_the_overfitting_signals(tmp_path, faces, caplog):
     assert min(abs(trainer.augmenter.p - p) for p in (0.0, 0.3, 0.62)) < 1e-12
     warned = [r for r in rows if r.get("d/overfit_warning") == 1.0]
     assert len(warned) == sum(r["d/overfit_gap"] > 1e-6 for r in rows)
-    if warned:
-        assert "D over-fits its training images" in caplog.text
+    assert warned and len(alerts.sent) == len(warned)  # seeded: the gap exceeds 1e-6 at least once
+    assert caplog.text.count("D over-fits its training images") == len(warned)
+    assert all("d/holdout" in text and "log.overfit_threshold=1e-06" in text
+               for _, text in alerts.sent)
 
 
 def test_d_holdout_does_not_move_the_run(tmp_path, faces):
