@@ -195,13 +195,14 @@ class Family:
                                 f"{self.arch} keeps the resolution of the model it starts from")
 
     def transfers_resolution(self, resolution: int) -> bool:
-        """Whether a model trained at ``resolution`` can start this run (progressive: a
-        lower one, the new blocks from scratch)."""
+        """Whether a model trained at ``resolution`` can start this run (progressive: blocks
+        added or dropped)."""
         return False
 
-    def transfer_new_keys(self, name: str, missing: list[str]) -> set[str]:
-        """Of network ``name``'s state keys a transfer's checkpoint lacks, those this run adds
-        (they keep their fresh initialisation); any other is an error."""
+    def transfer_new_keys(self, name: str, keys: list[str]) -> set[str]:
+        """Of network ``name``'s state keys only one side of a transfer has (this run's
+        network, or the checkpoint), those the transfer adds or drops (an added one keeps its
+        fresh initialisation); any other is an error."""
         return set()
 
     # -------------------------------------------------------------------------------- networks

@@ -40,15 +40,17 @@ class Progressive(ImageGAN):
         return out
 
     def transfers_resolution(self, resolution: int) -> bool:
-        return isinstance(resolution, int) and resolution < self.mc.resolution
+        return isinstance(resolution, int) and resolution > 0
+        # blocks added (a run grown past the old model) or dropped (a smaller one)
 
-    def transfer_new_keys(self, name: str, missing: list[str]) -> set[str]:
-        """The blocks, toRGB and fromRGB layers of the resolutions the old model did not have:
-        the transfer starts a run that grows past it (set train.schedule.start_resolution to the
-        old resolution to skip the stages it already learnt)."""
-        return {k for k in missing
+    def transfer_new_keys(self, name: str, keys: list[str]) -> set[str]:
+        """The blocks, toRGB and fromRGB layers of the resolutions only one of the two models
+        has: added ones start from scratch (set train.schedule.start_resolution to the old
+        resolution to skip the stages already learnt), dropped ones are not read."""
+        shared = min(self._old_resolution, self.mc.resolution)
+        return {k for k in keys
                 if k.split(".")[0] in ("blocks", "to_rgb", "from_rgb")
-                and k.split(".")[1].isdigit() and int(k.split(".")[1]) > self._old_resolution}
+                and k.split(".")[1].isdigit() and int(k.split(".")[1]) > shared}
 
     def check_transfer(self, saved_model: dict, where: str) -> None:
         super().check_transfer(saved_model, where)

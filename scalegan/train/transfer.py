@@ -3,9 +3,10 @@
 Every network and averaged copy of the new run is read from the checkpoint's DCP entries of the
 same name (``G``, ``D``, ``G_ema``, ...); the optimizers, counters, RNG and data position are
 not: the new run starts at step 0 on its own data. A key of the new networks that the
-checkpoint lacks is allowed only where the family says a transfer adds it
-(``Family.transfer_new_keys``: the blocks of a progressive run grown past the old resolution),
-and starts from its fresh initialisation. Anything else (a key the new networks lack, a shape
+checkpoint lacks, or of the checkpoint that the new networks lack, is allowed only where the
+family says a transfer adds or drops it (``Family.transfer_new_keys``: the blocks of a
+progressive run grown past the old resolution, or stopping below it); an added one starts from
+its fresh initialisation. Anything else (a key the new networks lack, a shape
 that differs, another architecture) is a TransferError naming the keys, before training starts.
 """
 
@@ -70,6 +71,8 @@ def init_from(source: str | Path, family, nets: Mapping[str, nn.Module],
         new = family.transfer_new_keys(name.removesuffix("_ema"), missing)
         missing = [k for k in missing if k not in new]
         unexpected = sorted(set(have) - set(own))
+        dropped = family.transfer_new_keys(name.removesuffix("_ema"), unexpected)
+        unexpected = [k for k in unexpected if k not in dropped]
         shapes = sorted(f"{k} {list(have[k])} -> {list(own[k].shape)}" for k in own
                         if k in have and tuple(own[k].shape) != have[k])
         for what, keys in (("missing from the checkpoint", missing),

@@ -105,12 +105,30 @@ def test_a_checkpoint_that_does_not_fit_exits_2_naming_the_keys(tmp_path, faces,
                  "log.wandb=disabled", f"train.init_from={src_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and "model.arch=progressive" in err and "model.arch=dcgan" in err, err
-    # a lower resolution than the checkpoint's
-    with pytest.raises(TransferError, match="model.resolution=32"):
-        Trainer(load_config(None, run(tmp_path, faces, "small", 16, f"train.init_from={src_dir}")))
+    # StyleGAN2 keeps the resolution of the model it starts from
+    style = ["model.arch=stylegan2", "model.img_channels=1", "model.latent_dim=8",
+             "model.w_dim=8", "model.channel_base=256", "model.channel_max=16",
+             "model.mapping_layers=2", "log.wandb=disabled", "train.batch_size=8",
+             f"runs_dir={tmp_path / 'runs'}", f"data.shards={faces}"]
+    small = Trainer(load_config(None, [*style, "name=s32", "model.resolution=32"]))
+    small.save()
+    small.close()
+    with pytest.raises(TransferError, match="model.resolution=32.*keeps the resolution"):
+        Trainer(load_config(None, [*style, "name=s64", "model.resolution=64",
+                                   f"train.init_from={small.run_dir}"]))
     with pytest.raises(TransferError, match="nowhere"):
         Trainer(load_config(None, run(tmp_path, faces, "none", 32,
                                       f"train.init_from={tmp_path / 'nowhere'}")))
+
+
+def test_a_32_run_starts_a_16_run_without_its_32_blocks(tmp_path, faces, source):
+    src_dir, src_state = source
+    trainer = Trainer(load_config(None, run(tmp_path, faces, "down", 16,
+                                            f"train.init_from={src_dir}")))
+    state = full_state(trainer)
+    trainer.close()
+    assert all(torch.equal(v, src_state[k]) for k, v in state.items())  # every key read
+    assert any(".32." in k for k in src_state) and not any(".32." in k for k in state)
 
 
 def test_freeze_d_is_checked_against_the_blocks_d_has():
