@@ -1,7 +1,7 @@
 """Small data: the built-in faces without augmentation and with ADA, over several seeds.
 
 Packs the 100 built-in faces at 32^2 with 20 held out (`scalegan pack --holdout 20`: 80 to
-train on), then trains a demo config (default `configs/demo_faces32_pggan.yaml`) once per
+train on), then trains a demo config (default `configs/demo_faces32_stylegan2.yaml`) once per
 setting and seed: ``none`` (x-flip only, as the demo) and ``ada`` (augment.kind=ada, its speed
 scaled to the run's length: ``--ada-speed`` kimg for p to go from 0 to 1). From each run's
 metrics.jsonl: r_t (``aug/rt``) late in the run, the gap ``d/real - d/holdout`` early and late,
@@ -75,7 +75,7 @@ def signals(run_dir: Path, target: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/demo_faces32_pggan.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/demo_faces32_stylegan2.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--kimg", type=float, default=None,
