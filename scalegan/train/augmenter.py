@@ -25,6 +25,15 @@ from scalegan.augment import AdaSettings, augment
 from scalegan.config import AugmentConfig
 
 
+def encode_rng(state: torch.Tensor) -> str:
+    """A torch.Generator's state as text (for meta.json)."""
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
 class Augmenter:
     """``augmenter(images)``: D's view of ``images`` under ``augment.*``; ``observe`` the real
     logits of each D update, ``after_step`` once per training step."""
@@ -110,11 +119,10 @@ class Augmenter:
         """JSON-able state (p as a float: JSON keeps every bit of it)."""
         return {"p": self.p, "signs": self.signs, "count": self.count,
                 "d_updates": self.d_updates, "rt": self.rt,
-                "rng": base64.b64encode(self.rng.get_state().numpy().tobytes()).decode()}
+                "rng": encode_rng(self.rng.get_state())}
 
     def load_state_dict(self, state: dict) -> None:
         self.p = float(state["p"])
         self.signs, self.count = int(state["signs"]), int(state["count"])
         self.d_updates, self.rt = int(state["d_updates"]), state.get("rt")
-        self.rng.set_state(torch.frombuffer(bytearray(base64.b64decode(state["rng"])),
-                                            dtype=torch.uint8).clone())
+        self.rng.set_state(decode_rng(state["rng"]))

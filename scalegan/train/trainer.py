@@ -12,7 +12,6 @@ continues bit for bit.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import dataclasses
@@ -48,7 +47,7 @@ from scalegan.monitor.loggers import JsonlLogger, Logger, MultiLogger, WandbLogg
 from scalegan.monitor.progress import Progress
 from scalegan.parallel import build_strategy, unit_param_groups
 from scalegan.parallel.env import DistEnv
-from scalegan.train.augmenter import Augmenter
+from scalegan.train.augmenter import Augmenter, decode_rng, encode_rng
 from scalegan.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -138,14 +137,6 @@ class StepStats:
     def add_all(self, values: dict[str, torch.Tensor | float], weight: float = 1.0) -> None:
         for key, value in values.items():
             self.add(key, value, weight)
-
-
-def _encode_rng(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode()
-
-
-def _decode_rng(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
 class FamilyState:
@@ -338,7 +329,7 @@ class Trainer:
     def set_trainable(self, name: str, trainable: bool) -> None:
         """``requires_grad`` of network ``name``'s parameters: ``trainable``, except the frozen
         ones (``train.freeze_d``), which stay off."""
-        frozen = self.frozen.get(name, ()) if hasattr(self, "frozen") else ()
+        frozen = self.frozen.get(name, ())
         for fqn, p in self.nets[name].named_parameters():
             p.requires_grad_(trainable and fqn not in frozen)
 
@@ -422,7 +413,8 @@ class Trainer:
                 for spec in self.phase_specs if spec.due(self.step, self.images_seen)]
         for name in self.nets:
             self.set_trainable(name, True)
-        self.augmenter.after_step()
+        if self.family.augments:  # r_t's counts: one tiny all-reduce per step
+            self.augmenter.after_step()
         self.images_seen += self.cfg.train.batch_size
         self.step += 1
         self.ema_phase()
@@ -774,7 +766,7 @@ class Trainer:
         meta = {"step": self.step, "images_seen": self.images_seen,
                 "phase": vars(self.phase()), "world_size": self.world,
                 "format": self.strategy.checkpoint_format, "finite": True,
-                "rng": _encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg),
+                "rng": encode_rng(self.rng.get_state()), "config": config_to_dict(self.cfg),
                 "augment": self.augmenter.state_dict()}
         # every rank's data position, in every rank's file: the run can continue at any world size
         data = ({name: {"ranks": all_gather_json(state)} for name, state in
@@ -814,7 +806,7 @@ class Trainer:
                               "next older one", path, e, moved.name)
                 continue
             self.step, self.images_seen = int(meta["step"]), int(meta["images_seen"])
-            self.rng.set_state(_decode_rng(meta["rng"]))
+            self.rng.set_state(decode_rng(meta["rng"]))
             if "augment" in meta:
                 self.augmenter.load_state_dict(meta["augment"])
             data = (rank_state or {}).get("data")
