@@ -408,7 +408,10 @@ def test_ctrl_c_on_the_cli_stops_workers_and_leaves_out_untouched(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "scalegan.cli", "pack", str(src), str(out), "--resolution", "512",
          "--encoding", "png", "--shard-size", "5", "--workers", "2", "--no-progress"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        # as from a terminal: a shell's background job (CI started with `&`) inherits SIGINT
+        # ignored, and then Python installs no KeyboardInterrupt handler at all
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     build = tmp_path / f".out.packing-{proc.pid}"
     try:
         wait_for_first_shard(proc, build)
