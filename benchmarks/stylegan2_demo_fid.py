@@ -4,15 +4,18 @@ Packs the 100 built-in faces at 32^2, trains `configs/demo_faces32_pggan.yaml` (
 `configs/demo_faces32_stylegan2.yaml` (32^2 throughout) for the kimg their configs give (the
 demo budget: each under 10 minutes on 2 cores; ``--kimg`` overrides both), then measures the
 random-feature FID (`scalegan.metrics.features.RandomConvFeatures`, 500 samples of G_ema, no
-truncation, against all 100 faces). Writes both sample grids into ``--out``. The last line is
-StyleGAN2's FID over PGGAN's (below 1: StyleGAN2 is the better).
+truncation, against all 100 faces). With several ``--seeds`` each model trains once per seed
+(``train.seed``) and the medians are compared: one run's FID moves by about as much as the gap
+between the two models. Writes the sample grids of the first seed into ``--out``. The last line
+is StyleGAN2's median FID over PGGAN's (below 1: StyleGAN2 is the better).
 
-    python benchmarks/stylegan2_demo_fid.py [--kimg K] [--threads 2] [--out DIR]
+    python benchmarks/stylegan2_demo_fid.py [--seeds 0 1 2] [--kimg K] [--threads 2] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 500
 
 
-def train(config: str, shards: Path, runs: Path, kimg: float | None) -> tuple[Trainer, float]:
-    extra = [] if kimg is None else [f"train.total_kimg={kimg}"]
+def train(config: str, shards: Path, runs: Path, kimg: float | None,
+          seed: int) -> tuple[Trainer, float]:
+    extra = [f"train.seed={seed}", f"name={Path(config).stem}_seed{seed}"]
+    extra += [] if kimg is None else [f"train.total_kimg={kimg}"]
     cfg = load_config(ROOT / config, [
         f"data.shards={shards}", f"runs_dir={runs}", "log.wandb=disabled",
         "log.progress=false", "checkpoint.every_kimg=1000", *extra])
@@ -58,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kimg", type=float, default=None,
                         help="images shown to each, x1000 (default: each config's total_kimg)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; the medians over them are compared")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("stylegan2_demo"),
                         help="directory for the two sample grids")
@@ -66,28 +73,34 @@ def main() -> None:
     extractor = RandomConvFeatures()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    results = {}
+    results: dict[str, list[tuple[int, float, float, float]]] = {"pggan": [], "stylegan2": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pack_demo(tmp / "faces32", resolution=32)
         real = extractor(faces(tmp / "faces32", 32)).numpy()
-        for name, config in (("pggan", "configs/demo_faces32_pggan.yaml"),
-                             ("stylegan2", "configs/demo_faces32_stylegan2.yaml")):
-            trainer, seconds = train(config, tmp / "faces32", tmp, args.kimg)
-            images = samples(trainer, SAMPLES, seed=2024)
-            save_grid(images[:64], args.out / f"{name}.png", ncols=8)
-            kimg = trainer.images_seen / 1000
-            results[name] = (fid_from_features(real, extractor(images).numpy()), seconds, kimg)
+        for seed in args.seeds:
+            for name, config in (("pggan", "configs/demo_faces32_pggan.yaml"),
+                                 ("stylegan2", "configs/demo_faces32_stylegan2.yaml")):
+                trainer, seconds = train(config, tmp / "faces32", tmp, args.kimg, seed)
+                images = samples(trainer, SAMPLES, seed=2024)
+                if seed == args.seeds[0]:
+                    save_grid(images[:64], args.out / f"{name}.png", ncols=8)
+                fid = fid_from_features(real, extractor(images).numpy())
+                results[name].append((seed, fid, seconds, trainer.images_seen / 1000))
+                print(f"  seed {seed} {name}: FID {fid:.3f}, {seconds:.0f} s", flush=True)
 
-    print(f"random-feature FID ({SAMPLES} samples of G_ema, 100 real faces, 32x32); grids in "
-          f"{args.out}/")
-    print("| model | kimg | train time | FID |")
-    print("|---|---|---|---|")
-    for name, (fid, seconds, kimg) in results.items():
-        print(f"| {name} | {kimg:g} | {seconds:.0f} s | {fid:.3f} |")
-    ratio = results["stylegan2"][0] / results["pggan"][0]
-    print(f"StyleGAN2 / PGGAN random-feature FID on the built-in faces: {ratio:.2f}")
-
+    print(f"random-feature FID ({SAMPLES} samples of G_ema, 100 real faces, 32x32); grids of seed "
+          f"{args.seeds[0]} in {args.out}/")
+    print("| model | seed | kimg | train time | FID |")
+    print("|---|---|---|---|---|")
+    for name, rows in results.items():
+        for seed, fid, seconds, kimg in rows:
+            print(f"| {name} | {seed} | {kimg:g} | {seconds:.0f} s | {fid:.3f} |")
+    median = {name: statistics.median(r[1] for r in rows) for name, rows in results.items()}
+    print(f"median FID over seeds {' '.join(map(str, args.seeds))}: pggan {median['pggan']:.3f}, "
+          f"stylegan2 {median['stylegan2']:.3f}")
+    print(f"StyleGAN2 / PGGAN random-feature FID on the built-in faces: "
+          f"{median['stylegan2'] / median['pggan']:.2f}")
 
 if __name__ == "__main__":
     main()
