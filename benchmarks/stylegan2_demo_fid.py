@@ -102,5 +102,6 @@ def main() -> None:
     print(f"StyleGAN2 / PGGAN random-feature FID on the built-in faces: "
           f"{median['stylegan2'] / median['pggan']:.2f}")
 
+
 if __name__ == "__main__":
     main()

@@ -39,8 +39,11 @@ class Augmenter:
     logits of each D update, ``after_step`` once per training step."""
 
     def __init__(self, ac: AugmentConfig, seed: int, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None, distributed: bool = False):
+                 device: torch.device | None = None, distributed: bool = False,
+                 measures: bool = True):
         self.ac = ac
+        # False for families whose D never reports real logits: no r_t, so no per-step all-reduce
+        self.measures = measures
         self.rank, self.world, self.device = rank, world, device
         self.distributed = distributed
         self.settings = AdaSettings.preset(ac.pipe)
@@ -89,6 +92,8 @@ class Augmenter:
     def after_step(self) -> None:
         """After each training step: add what ``observe`` counted (every rank's) to r_t's sums;
         every ``interval`` D updates, adjust p (ada) and start the next interval."""
+        if not self.measures:
+            return
         sums = torch.tensor([self._step_signs.item(), float(self._step_count)],
                             dtype=torch.float64)
         self._step_signs.zero_()

@@ -174,9 +174,9 @@ class Trainer:
         # every rank: each rank draws the global batch and keeps its slice, so a run's randomness
         # does not depend on the world size. Its state is checkpointed.
         self.rng = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + 1)
-        self.augmenter = Augmenter(cfg.augment, tc.seed, self.rank, self.world, self.device,
-                                   self.env.distributed)
         self.family = build_family(cfg, self)
+        self.augmenter = Augmenter(cfg.augment, tc.seed, self.rank, self.world, self.device,
+                                   self.env.distributed, measures=self.family.augments)
         torch.manual_seed(tc.seed)  # weight initialisation: the same on every rank
         self.nets = self.family.build_networks()
         self.ema = {name: copy.deepcopy(self.nets[name]).eval().requires_grad_(False)
@@ -413,8 +413,7 @@ class Trainer:
                 for spec in self.phase_specs if spec.due(self.step, self.images_seen)]
         for name in self.nets:
             self.set_trainable(name, True)
-        if self.family.augments:  # r_t's counts: one tiny all-reduce per step
-            self.augmenter.after_step()
+        self.augmenter.after_step()
         self.images_seen += self.cfg.train.batch_size
         self.step += 1
         self.ema_phase()
