@@ -20,7 +20,8 @@ ECONNRESET, and Linux discards what it had received but not yet read).
 and ``stall`` then count bytes of the file, ``drop_once`` bytes of the response.
 ``request_log`` gets one ``(path, outcome)`` per request, e.g. ``("/000000.tar", "200")``,
 ``("/000000.tar", "206 from 1536")``, ``("/000000.tar", "200 dropped after 2000 bytes")``,
-``("/000000.tar", "404")``.
+``("/000000.tar", "404")``, appended before the response goes out, so a client that has its
+answer finds the request logged.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def serve(directory: str | Path, *, drop_once: dict[str, int] | None = None,
             name = urllib.parse.unquote(path).lstrip("/")
             file = (root / name).resolve()
             if name in status:
-                self.send_error(status[name])
                 request_log.append((path, str(status[name])))
+                self.send_error(status[name])
                 return
             if not file.is_file() or root not in file.parents:
-                self.send_error(404)
                 request_log.append((path, "404"))
+                self.send_error(404)
                 return
             data = file.read_bytes()
             start, code = 0, 200
@@ -88,16 +89,16 @@ def serve(directory: str | Path, *, drop_once: dict[str, int] | None = None,
             outcome = f"{code} from {start}" if code == 206 else str(code)
             if name in stall:
                 sent = max(0, stall[name] - start)
-                self.wfile.write(body[:sent])
                 request_log.append((path, f"{outcome} stalled after {sent} bytes"))
+                self.wfile.write(body[:sent])
                 stopping.wait()
                 return
             if limit is None:
-                self.wfile.write(body)
                 request_log.append((path, outcome))
+                self.wfile.write(body)
                 return
-            self.wfile.write(body[:limit])
             request_log.append((path, f"{outcome} dropped after {min(limit, len(body))} bytes"))
+            self.wfile.write(body[:limit])
             if reset:
                 self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                         struct.pack("ii", 1, 0))
