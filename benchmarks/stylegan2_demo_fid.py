@@ -51,12 +51,16 @@ def train(config: str, shards: Path, runs: Path, kimg: float | None,
 
 @torch.no_grad()
 def samples(trainer: Trainer, n: int, seed: int) -> torch.Tensor:
-    """``n`` images of the trained G_ema from latents of ``seed`` (the family's own sampling)."""
+    """``n`` images of the trained G_ema from latents of ``seed``, sampled as the metrics of
+    ``scalegan eval`` sample them (``family.metric_images``: StyleGAN2 with random noise)."""
     family, mc = trainer.family, trainer.cfg.model
-    z = torch.randn(n, mc.latent_dim, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, mc.latent_dim, generator=gen)
+    image_seeds = torch.randint(0, 2 ** 62, (n,), generator=gen)
     nets = {name: trainer.ema[name] for name in family.ema}
     phase = Phase(mc.resolution, 1.0)
-    return torch.cat([family.images(nets, zb, None, phase) for zb in z.split(100)])
+    return torch.cat([family.metric_images(nets, zb, None, phase, sb)
+                      for zb, sb in zip(z.split(100), image_seeds.split(100), strict=True)])
 
 
 def main() -> None:

@@ -87,6 +87,15 @@ class NoiseToImage(Family):
         """G's images for latents ``z`` (and conditions ``cond``) at ``stage``."""
         raise NotImplementedError
 
+    def metric_images(self, nets: Mapping[str, nn.Module], z: torch.Tensor,
+                      cond: torch.Tensor | None, stage: Phase,
+                      seeds: torch.Tensor) -> torch.Tensor:
+        """The images FID, KID and precision/recall measure: the final stage's for latents
+        ``z``. ``seeds`` ``(N,)``: a per-image seed for whatever else a family draws per image
+        (StyleGAN2's per-pixel noise), so that a metric repeats and is the same on any number
+        of ranks."""
+        return self.images(nets, z, cond, stage, stages="final")
+
     def sample_inputs(self) -> Any:
         return self.sample_z, None
 

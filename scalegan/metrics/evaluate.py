@@ -171,7 +171,9 @@ def fake_features(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase
 
     family = family or build_family(cfg)
     nets = _networks(G)
-    z_all = torch.randn(num, cfg.model.latent_dim, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    z_all = torch.randn(num, cfg.model.latent_dim, generator=gen)
+    image_seeds = torch.randint(0, 2 ** 62, (num,), generator=gen)  # what else an image draws
     per_rank = math.ceil(num / env.world_size)
     mine = torch.arange(env.rank * per_rank, (env.rank + 1) * per_rank) % num  # last: wraps
     chunks = []
@@ -179,7 +181,8 @@ def fake_features(G: nn.Module | dict[str, nn.Module], cfg: Config, phase: Phase
         cond = None
         if conditions is not None:
             cond = conditions[idx % len(conditions)].to(env.device)
-        images = family.images(nets, z_all[idx].to(env.device), cond, phase, stages="final")
+        images = family.metric_images(nets, z_all[idx].to(env.device), cond, phase,
+                                      seeds=image_seeds[idx])
         chunks.append(extractor(images.float()).float().cpu())
     feats = _gather_rows(torch.cat(chunks), env)
     return feats[:num].numpy()

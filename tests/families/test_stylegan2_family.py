@@ -262,6 +262,28 @@ def test_noise_comes_from_the_per_sample_seeds(tmp_path):
     assert torch.equal(img, img3)  # the same seeds, the same images
 
 
+def test_metric_images_draw_each_image_noise_from_its_seed(tmp_path):
+    """The metrics' images: G with noise row i = N(0, 1) from seeds[i] (StyleGAN2 measures with
+    random noise), not the fixed maps of ``images``; a row depends on its seed alone, so the
+    images are the same whatever batch (or rank) an image falls in."""
+    family, nets = make(tmp_path)
+    G = nets["G"].eval()
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(3))
+    seeds = torch.tensor([11, 12, 13])
+    with torch.no_grad():
+        got = family.metric_images(nets, z, None, STAGE, seeds)
+        want = G(z, noise=hand_rows(seeds, noise_numel()))
+        fixed = family.images(nets, z, None, STAGE)
+        split = torch.cat([family.metric_images(nets, z[i:i + 1], None, STAGE, seeds[i:i + 1])
+                           for i in range(3)])
+        again = family.metric_images(nets, z, None, STAGE, torch.tensor([11, 99, 13]))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(split, got, rtol=0, atol=1e-12)
+    assert (got - fixed).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # not the fixed maps
+    assert torch.equal(again[0], got[0]) and torch.equal(again[2], got[2])
+    assert (again[1] - got[1]).abs().max() > 1e-3
+
+
 # ---------------------------------------------------------------------------------- lazy phases
 
 
