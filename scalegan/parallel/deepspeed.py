@@ -142,6 +142,13 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
 
         deepspeed.utils.logger.setLevel(logging.WARNING)
+        # DeepSpeed's communication backend builds its shared-memory all-reduce with ninja when
+        # it starts (~26 s on 2 cores, then again whenever the venv's path changes), but only
+        # its inference_all_reduce uses it: training collectives go through torch.distributed.
+        # Marked unavailable, the backend skips the build.
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
         # DeepSpeed's ZeRO still calls these collectives by their deprecated names
         warnings.filterwarnings("ignore", category=FutureWarning,
                                 message=r".*(all_gather_into_tensor|reduce_scatter_tensor)")
