@@ -101,9 +101,10 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
 def test_sigterm_to_every_process_of_the_step_requeues_and_resumes(slurm, tmp_path, workers):
     # what preemption and the time limit do, and `scancel --signal=TERM JOB.0`: every process of
     # the step (trainers, their DataLoader workers, W&B's service) gets SIGTERM at once
-    total = 150
+    # steps of ~0.1 s: the signal, sent once 5 rows are logged, lands some 10 steps later
+    total = 60
     args = train_args(tmp_path, "step", total_steps=total, workers=workers) + [
-        "model.channel_base=2048", "model.channel_max=128"]  # steps of ~0.1 s
+        "model.channel_base=2048", "model.channel_max=128"]
     job, log = submit(slurm, tmp_path, args)
     deadline = time.time() + 300
     while len(rows(tmp_path, "step")) < 5:
