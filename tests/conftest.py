@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import triton
 import webdataset as wds
 from PIL import Image
 
@@ -124,7 +125,10 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_collection_finish(session):
     """Start that compile at ``nice 10`` as soon as the session knows the test will run; the
     test (fixture ``aot_every_kernel``) waits for it and checks its report."""
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    # found without importing triton: imported here, before TRITON_INTERPRET is set below,
+    # its language functions would not run in the interpreter
+    ptxas = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / \
+        "bin" / "ptxas"
     if session.config.option.collectonly or not ptxas.exists() or not any(
             item.originalname == AOT_EVERY_KERNEL for item in session.items):
         return  # (the test skips without the bundled ptxas)
@@ -140,8 +144,8 @@ def pytest_sessionfinish(session):
     run = session.config.stash.get(_aot_run, None)
     if run is None:
         return
-    if run["proc"].poll() is None:
-        run["proc"].kill()
+    if run["proc"].poll() is None:  # the session ended first (-x, Ctrl-C): the tool's group
+        os.killpg(run["proc"].pid, signal.SIGKILL)  # with its compile workers
         run["proc"].wait()
     run["log"].close()
     shutil.rmtree(run["dir"], ignore_errors=True)
