@@ -122,11 +122,18 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = [item for item in items if item.originalname != AOT_EVERY_KERNEL] + last
 
 
+def _idle_priority() -> None:
+    """In the child before exec: Linux's idle scheduling class (inherited by its workers)."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def pytest_collection_finish(session):
-    """Start that compile at ``nice 10`` as soon as the session knows the test will run; the
+    """Start that compile under ``SCHED_IDLE`` as soon as the session knows the test will run
+    (it gets a core only when nothing else wants one: at ``nice 10`` it still slowed the 2-thread
+    torch tests beside it, whose threads wait for each other, several-fold); the
     test (fixture ``aot_every_kernel``) waits for it and checks its report."""
-    # found without importing triton: imported here, before TRITON_INTERPRET is set below,
-    # its language functions would not run in the interpreter
+    # found without importing triton: imported at the top of this file, before TRITON_INTERPRET
+    # is set, its language functions would not run in the interpreter
     ptxas = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / \
         "bin" / "ptxas"
     if session.config.option.collectonly or not ptxas.exists() or not any(
@@ -135,8 +142,8 @@ def pytest_collection_finish(session):
     out = Path(tempfile.mkdtemp(prefix="scalegan-aot-"))
     command, env = aot_command(out / "aot.json", out / "cold_cache")
     log = open(out / "output.txt", "w")
-    proc = subprocess.Popen(["nice", "-n", "10", *command], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=_idle_priority)
     session.config.stash[_aot_run] = {"proc": proc, "dir": out, "log": log}
 
 
