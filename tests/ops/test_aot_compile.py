@@ -3,17 +3,18 @@
 ``scalegan.kernels.aot`` runs in a subprocess without ``TRITON_INTERPRET`` (this process has it set
 by conftest, which turns ``@triton.jit`` into interpreter functions that cannot be compiled), with a
 fresh ``TRITON_CACHE_DIR`` per test session, as CI runs it. The slow test checks the real kernel
-modules (their compile starts in the background when the session starts and the test runs
-last: see ``aot_every_kernel`` in conftest); the fast ones check the tool itself on the small
-kernel modules in ``aot_fixtures/`` (importable as ``aot_fixtures.<name>`` with ``tests/ops`` on
-``PYTHONPATH``), each written so that one check must pass or must fail.
+modules; the fast ones check the tool itself on the small kernel modules in ``aot_fixtures/``
+(importable as ``aot_fixtures.<name>`` with ``tests/ops`` on ``PYTHONPATH``), each written so that
+one check must pass or must fail.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,11 +22,11 @@ import pytest
 import scalegan.kernels
 import triton
 
-from conftest import aot_command
-
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 pytestmark = pytest.mark.skipif(not PTXAS.exists(),
                                 reason=f"the triton wheel has no bundled ptxas ({PTXAS})")
+
+TESTS_OPS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +35,17 @@ def triton_cache(tmp_path_factory):
 
 
 def run_aot(out_dir: Path, cache: Path, *modules: str, interpret: bool = False) -> tuple:
-    """``(exit status, stdout, JSON report or None)`` of the tool over ``modules`` for sm_80 and
-    sm_90."""
+    """``(exit status, stdout, JSON report or None)`` of the tool over ``modules`` (all kernel
+    modules if none) for sm_80 and sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_OPS), env.get("PYTHONPATH")]))
+    env["TRITON_CACHE_DIR"] = str(cache)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     report = out_dir / "aot.json"
-    command, env = aot_command(report, cache, *modules, interpret=interpret)
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(
+        [sys.executable, "-m", "scalegan.kernels.aot", *modules, "--arch", "80,90",
+         "--json", str(report)], env=env, capture_output=True, text=True, timeout=1200)
     data = json.loads(report.read_text()) if report.exists() else None
     return run.returncode, run.stdout + run.stderr, data
 
@@ -71,8 +78,8 @@ def uses_tensor_cores_as_declared(r: dict) -> bool:
 
 
 @pytest.mark.slow
-def test_every_kernel_module_compiles_for_sm80_and_sm90(aot_every_kernel):
-    status, output, report = aot_every_kernel
+def test_every_kernel_module_compiles_for_sm80_and_sm90(tmp_path):
+    status, output, report = run_aot(tmp_path, tmp_path / "cold_cache")
     assert report is not None, output
     expected = sorted(f"scalegan.kernels.{m.name}"
                       for m in pkgutil.iter_modules(scalegan.kernels.__path__)
