@@ -401,7 +401,8 @@ class StyleGAN2(NoiseToImage):
         """G's images for latents ``z`` with per-pixel noise drawn per image, row ``i`` from
         ``seeds[i]``: StyleGAN2 measures its metrics with random noise (and generates with the
         fixed maps). With one fixed map every image carries the same noise pattern, which
-        measures as a loss of diversity (FID of a demo network, seed 0: 0.351 fixed, 0.319 drawn)."""
+        measures as a loss of diversity (FID of a demo network, seed 0: 0.351 fixed, 0.319
+        drawn)."""
         device = z.device
         noise = torch.stack([
             torch.randn(self.noise_numel, device=device,
