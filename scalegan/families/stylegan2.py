@@ -167,6 +167,18 @@ def launch_gpus(environ: Mapping[str, str] | None = None) -> int:
     return 1
 
 
+def seeded_rows(seeds: torch.Tensor, numel: int, device: torch.device,
+                offset: int = 0) -> torch.Tensor:
+    """(B, numel) N(0, 1) values on ``device``, row i from seed ``seeds[i] + offset``."""
+    if device.type == "meta":  # shapes only (no generator, no seed values)
+        return torch.empty(len(seeds), numel, device=device)
+    rows = []
+    for s in seeds.tolist():
+        gen = torch.Generator(device=device).manual_seed(s + offset)
+        rows.append(torch.randn(numel, generator=gen, device=device))
+    return torch.stack(rows)
+
+
 @dataclass
 class Draws:
     """What one G call of a phase draws: latents, mixing and noise."""
@@ -284,14 +296,7 @@ class StyleGAN2(NoiseToImage):
 
     def per_sample(self, seeds: torch.Tensor, numel: int, offset: int = 0) -> torch.Tensor:
         """(B, numel) N(0, 1) values, row i from seed ``seeds[i] + offset`` on the device."""
-        device = self.svc.device
-        if device.type == "meta":  # shapes only (no generator, no seed values)
-            return torch.empty(len(seeds), numel, device=device)
-        rows = []
-        for s in seeds.tolist():
-            gen = torch.Generator(device=device).manual_seed(s + offset)
-            rows.append(torch.randn(numel, generator=gen, device=device))
-        return torch.stack(rows)
+        return seeded_rows(seeds, numel, self.svc.device, offset)
 
     def run_G(self, G, dr: Draws, ws_probe: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,12 +408,7 @@ class StyleGAN2(NoiseToImage):
         fixed maps). With one fixed map every image carries the same noise pattern, which
         measures as a loss of diversity (FID of a demo network, seed 0: 0.351 fixed, 0.319
         drawn)."""
-        device = z.device
-        noise = torch.stack([
-            torch.randn(self.noise_numel, device=device,
-                        generator=torch.Generator(device=device).manual_seed(int(s)))
-            for s in seeds.tolist()])  # (N, noise_numel)
-        return nets["G"](z, noise=noise)
+        return nets["G"](z, noise=seeded_rows(seeds, self.noise_numel, z.device))
 
     def generate(self, nets, num: int, seed: int, stage: Phase, options: dict) -> torch.Tensor:
         """``num`` images from ``torch.randn(num, latent_dim)`` drawn with ``seed``; options
