@@ -15,7 +15,8 @@ themselves score ``FID(training faces, held-out faces)`` against them (printed f
 is therefore the FID against all 100 faces. The last line is ADA's median FID over that without
 augmentation (below 1: ADA is the better).
 
-    python benchmarks/small_data.py [--seeds 0 1 2] [--kimg K] [--threads 2] [--out DIR]
+    python benchmarks/small_data.py [--seeds 0 1 2] [--holdout 50] [--kimg K] [--threads 2]
+                                    [--out DIR]
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def main() -> None:
                       f"{row['gap_late']:+.2f} | {row['p']:.3f} | {near} | "
                       f"{row['fid_all']:.3f} | {row['fid_holdout']:.3f} | "
                       f"{row['fid_train']:.3f} |", flush=True)
+
     def median(s, key):
         return statistics.median(r[key] for r in results[s])
 

@@ -127,8 +127,8 @@ def modulated_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, styles: torch.Te
     batch (the demodulation commutes with the blur, which filters each channel alone).
 
     With ``up=2`` the transposed convolution and the blur run channels-last: oneDNN then needs
-    no layout reorders, and the depthwise blur, as slow as the convolution in NCHW on CPU, takes
-    about half the time; the result is returned contiguous (NCHW)."""
+    no layout reorders, and the depthwise blur (in NCHW a third of the layer's time on CPU at
+    256 channels, 32^2) runs faster; the result is returned contiguous (NCHW)."""
     k = weight.shape[-1]
     xs = x * styles[:, :, None, None]
     if up == 1:
