@@ -633,8 +633,17 @@ def _kill_workers(executor: ProcessPoolExecutor) -> None:
     The executor has no public way to reach its processes before Python 3.14
     (``terminate_workers``, which does not reap them); without ``_processes`` this falls back to
     waiting for the running chunks to finish.
+
+    A worker killed while sending its (large: encoded images) result leaves the executor's
+    manager thread blocked for ever in the middle of reading that message, since this process
+    holds the result pipe's other end too; interpreter exit then waits on that thread. Closing
+    this process's write end, once no worker is left, turns the wait into end-of-file: the
+    manager sees a broken pool and ends, and is joined here.
     """
     processes = list((getattr(executor, "_processes", None) or {}).values())
+    # shutdown() drops the executor's references to both
+    writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+    manager = getattr(executor, "_executor_manager_thread", None)
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         with contextlib.suppress(ValueError, ProcessLookupError):  # already closed or gone
@@ -644,6 +653,11 @@ def _kill_workers(executor: ProcessPoolExecutor) -> None:
             process.join()
     if not processes:
         executor.shutdown(wait=True)
+        return
+    if writer is not None:
+        writer.close()
+    if manager is not None:
+        manager.join()
 
 
 # --------------------------------------------------------------------------------------------

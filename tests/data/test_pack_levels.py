@@ -435,6 +435,63 @@ def test_ctrl_c_on_the_cli_stops_workers_and_leaves_out_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
+_BIG_RESULT_JOB = """
+import pathlib
+
+def job(size):
+    return b"x" * size  # one worker result far larger than a pipe's buffer
+"""
+
+_STOP_MID_MESSAGE = """
+import pathlib, sys
+from scalegan.data.pack import _ordered_map
+import bigjob
+
+def bytes_read():
+    return int(pathlib.Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+if __name__ == "__main__":
+    size = int(sys.argv[1])
+    start = bytes_read()
+    try:
+        with _ordered_map(bigjob.job, [size] * 32, 2, 32):
+            while bytes_read() - start < size // 4:  # this process is reading a result
+                pass
+            received = bytes_read() - start
+            raise RuntimeError("stop")
+    except RuntimeError:
+        print("stopped", received, flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads /proc/self/io (Linux)")
+def test_workers_killed_while_sending_a_result_do_not_hang_the_exit(tmp_path):
+    # A worker terminated in the middle of sending its result leaves the executor's manager thread
+    # blocked for ever on the rest of that message, and interpreter exit waits on that thread:
+    # the pack printed "interrupted" and never ended. Stop the pool while a 64 MB result is
+    # being received (its first quarter read) and require the process to exit at once.
+    (tmp_path / "bigjob.py").write_text(_BIG_RESULT_JOB)
+    (tmp_path / "driver.py").write_text(_STOP_MID_MESSAGE)
+    size = 64 << 20
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), str(tmp_path),
+                                                    env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(size)], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    word, received = out.decode().split()
+    assert word == "stopped"
+    assert size // 4 <= int(received) < size  # stopped in the middle of the message
+    assert _live_group_members(proc.pid) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Progress bar
 # ---------------------------------------------------------------------------------------------
