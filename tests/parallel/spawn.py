@@ -1,4 +1,11 @@
-"""Run a function on N local gloo ranks (torch.multiprocessing.spawn) and collect results."""
+"""Run a function on N local gloo ranks and collect results.
+
+The ranks are forked from the test process rather than spawned: they inherit torch, scalegan
+and DeepSpeed already imported, which saves a fresh interpreter's ~3 s of imports per test (the
+suite's two-rank tests took 670 s spawned, 400 s forked). Each rank runs on one intra-op thread
+and leaves through ``os._exit``, so nothing of the parent's threads or exit handlers runs in it;
+a process group live in the parent would be shared by its forks, so that is refused.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -29,7 +37,7 @@ def _entry(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
+        os._exit(1)  # a fork must not run the test process's exit handlers
     finally:
         shutdown(env)
     # The result is on disk and the group is gone: leave without the interpreter's teardown, where
@@ -39,10 +47,13 @@ def _entry(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
 
 def run_ranks(world: int, fn, *args, tmp_path: Path) -> list:
     """``fn(env, *args)`` on ``world`` ranks; returns each rank's result (rank order)."""
+    if dist.is_initialized():
+        raise AssertionError("a process group is live in the test process; forks would share it")
     out = tmp_path / f"spawn_{fn.__name__}_{world}"
     out.mkdir(parents=True, exist_ok=True)
     try:
-        mp.spawn(_entry, args=(world, free_port(), fn, args, str(out)), nprocs=world, join=True)
+        mp.start_processes(_entry, args=(world, free_port(), fn, args, str(out)), nprocs=world,
+                           join=True, start_method="fork")
     except Exception as e:
         errors = "\n".join(p.read_text() for p in sorted(out.glob("*.err")))
         raise AssertionError(f"a rank failed:\n{errors or e}") from None
