@@ -436,8 +436,6 @@ def test_ctrl_c_on_the_cli_stops_workers_and_leaves_out_untouched(tmp_path):
 
 
 _BIG_RESULT_JOB = """
-import pathlib
-
 def job(size):
     return b"x" * size  # one worker result far larger than a pipe's buffer
 """
